@@ -1,0 +1,40 @@
+# GoHD-JAX: the two commands a newcomer needs are `make demo` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+# python3.12 on PATH if it runs, else a pyenv-installed 3.12.
+PYTHON312 ?= $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12 /usr/bin/python3.12 /usr/local/bin/python3.12; do \
+	$$p -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1 && { echo $$p; break; }; done)
+PY := $(VENV)/bin/python
+WORKDIR ?= workdir/demo
+
+.PHONY: demo test test-slow bench venv clean help
+
+help:
+	@echo "make demo       create .venv, install, generate the synthetic demo dataset and print its summary"
+	@echo "make test       create or reuse .venv and run the default (fast) test suite"
+	@echo "make test-slow  run the slow tests too"
+	@echo "make bench      run the benchmarks in bench/ (prints tables for BENCHMARKS.md)"
+
+$(VENV)/.installed: pyproject.toml
+	@test -n "$(PYTHON312)" || { echo "error: Python 3.12 not found; install it or pass PYTHON312=/path/to/python3.12"; exit 1; }
+	@test -x $(PY) || $(PYTHON312) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(PY) launch/demo.py --workdir=$(WORKDIR)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q -n 2
+
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest -q -n 2 -m ''
+
+bench: $(VENV)/.installed
+	$(PY) bench/bench_data.py
+
+clean:
+	rm -rf $(VENV) workdir
