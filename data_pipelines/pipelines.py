@@ -1,0 +1,216 @@
+"""Grain pipelines: what each training stage samples from the clip records.
+
+Every pipeline is ``clips -> eligible clip list -> shard by process -> shuffle
+-> repeat -> random_map(sample) -> batch -> (worker processes)``. Samples are a
+deterministic function of (seed, position in the stream), so a run is
+reproducible, and the iterator's state (``it.get_state()``, or
+``grain.checkpoint.CheckpointSave(it)`` in an Orbax checkpoint) restores the
+stream exactly.
+
+Stages and their samples (W = window length, frames at 25 fps):
+
+* ``animator``: ``source`` and ``target`` uint8 [H,W,3] RGB frames of one clip
+  (decode in the step as x / 127.5 - 1), ``descriptor_window`` float32 [27,72]
+  centred on the target frame with indices clamped at the clip ends.
+* ``motion``: ``cond`` float32 [W,320] (4 mel rows x 80 bins per frame; the
+  100 Hz mel by default, or the release's 80 Hz mel read as 100 Hz with
+  ``condition="release"``), ``pose`` float32 [W,6] as residual to the window's
+  first frame, ``gaze`` float32 [W,2] absolute, ``pose0`` [6] and ``gaze0`` [2]
+  of the first frame. W = 150 by default.
+* ``expression``: ``mel_windows`` float32 [W,80,16] (Wav2Lip windows),
+  ``expression`` float32 [W,64], ``controls`` float32 [W,21], ``exp0`` float32
+  [64] (the window's first frame). W = 30 by default.
+
+Every sample also carries ``clip_index`` and ``start`` (int32) for tracing.
+Clips shorter than the window are left out when the pipeline is built (logged
+with their count); a record that turns out corrupt is skipped with a logged
+warning and a running count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from collections.abc import Sequence
+
+import grain
+import numpy as np
+
+from data_pipelines import schema
+from data_pipelines.records import ClipDataset, DatasetError
+
+log = logging.getLogger(__name__)
+
+STAGES = ("animator", "motion", "expression")
+DEFAULT_WINDOW = {"animator": 27, "motion": 150, "expression": 30}
+SPLITS = ("train", "heldout", "all")
+
+
+def heldout_identities(identity_ids: Sequence[str], fraction: float) -> set[str]:
+    """The identities held out for evaluation: a fixed, seed-free choice of
+    ``max(1, round(fraction * n))`` identities (by sha256 of the id), none when
+    there is only one identity or ``fraction`` is 0."""
+    ids = sorted(set(identity_ids))
+    if fraction <= 0 or len(ids) < 2:
+        return set()
+    k = min(len(ids) - 1, max(1, round(fraction * len(ids))))
+    return set(sorted(ids, key=lambda s: hashlib.sha256(s.encode()).hexdigest())[:k])
+
+
+def select_clips(index: Sequence[dict], *, split: str, heldout_fraction: float, min_frames: int) -> list[int]:
+    """Indices of the clips in ``split`` that have at least ``min_frames`` frames."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    held = heldout_identities([r["identity_id"] for r in index], heldout_fraction)
+    chosen, short = [], 0
+    for i, r in enumerate(index):
+        if split == "train" and r["identity_id"] in held or split == "heldout" and r["identity_id"] not in held:
+            continue
+        if r["num_frames"] < min_frames:
+            short += 1
+            continue
+        chosen.append(i)
+    if short:
+        log.warning("left out %d clips shorter than %d frames", short, min_frames)
+    return chosen
+
+
+@dataclasses.dataclass
+class _Sampler(grain.transforms.RandomMap):
+    """Base: reads the clip, handles bad records, delegates to ``sample``."""
+
+    clips: ClipDataset
+    window: int
+    bad_records: int = 0
+
+    def random_map(self, clip_index, rng: np.random.Generator):
+        try:
+            clip = self.clips[int(clip_index)]
+            out = self.sample(clip, rng)
+        except schema.BadRecordError as e:
+            self.bad_records += 1
+            log.warning("skipping bad record (%d so far in this process): %s", self.bad_records, e)
+            return None
+        out["clip_index"] = np.int32(clip_index)
+        return out
+
+    def sample(self, clip: dict, rng: np.random.Generator) -> dict:
+        raise NotImplementedError
+
+    def _start(self, clip: dict, rng: np.random.Generator) -> int:
+        t = len(clip["frames"])
+        if t < self.window:
+            raise schema.BadRecordError(f"clip {clip['clip_id']} has {t} frames, fewer than the window "
+                                        f"{self.window} (the manifest said otherwise)")
+        return int(rng.integers(0, t - self.window + 1))
+
+
+@dataclasses.dataclass
+class AnimatorSampler(_Sampler):
+    """(source frame, target frame, descriptor window centred on the target)."""
+
+    def sample(self, clip, rng):
+        t = len(clip["frames"])
+        target, source = (int(x) for x in rng.integers(0, t, size=2))
+        radius = self.window // 2
+        idx = np.clip(np.arange(target - radius, target + radius + 1), 0, t - 1)
+        return {"source": schema.decode_jpeg(clip["frames"][source]),
+                "target": schema.decode_jpeg(clip["frames"][target]),
+                "descriptor_window": np.asarray(clip["descriptors"][idx], np.float32),
+                "start": np.int32(target)}
+
+
+@dataclasses.dataclass
+class MotionSampler(_Sampler):
+    """(mel condition, pose residual to the first frame, gaze, first-frame pose and gaze)."""
+
+    condition: str = "mel100"
+
+    def sample(self, clip, rng):
+        from data_pipelines import audio
+
+        start = self._start(clip, rng)
+        t = len(clip["frames"])
+        if self.condition == "mel100":
+            cond = audio.frame_cond_100hz(clip["mel_100hz"], t)
+        else:
+            cond = audio.frame_cond_release(clip["mel_80hz"], t)
+        sl = slice(start, start + self.window)
+        pose = np.asarray(clip["descriptors"][sl, schema.POSE], np.float32)
+        gaze = np.asarray(clip["descriptors"][sl, schema.GAZE], np.float32)
+        return {"cond": np.asarray(cond[sl], np.float32), "pose": pose - pose[0], "gaze": gaze,
+                "pose0": pose[0].copy(), "gaze0": gaze[0].copy(), "start": np.int32(start)}
+
+
+@dataclasses.dataclass
+class ExpressionSampler(_Sampler):
+    """(Wav2Lip mel windows, expression, controls, first-frame expression)."""
+
+    def sample(self, clip, rng):
+        from data_pipelines import audio
+
+        start = self._start(clip, rng)
+        sl = slice(start, start + self.window)
+        mels = audio.frame_mel_windows(clip["mel_80hz"], len(clip["frames"]))[sl]
+        expression = np.asarray(clip["descriptors"][sl, schema.EXPRESSION], np.float32)
+        return {"mel_windows": np.asarray(mels, np.float32), "expression": expression,
+                "controls": np.asarray(clip["controls"][sl], np.float32), "exp0": expression[0].copy(),
+                "start": np.int32(start)}
+
+
+_SAMPLERS = {"animator": AnimatorSampler, "motion": MotionSampler, "expression": ExpressionSampler}
+
+
+def make_dataset(stage: str, data_dir, *, seed: int = 0, window: int | None = None, split: str = "train",
+                 heldout_fraction: float = 0.25, num_epochs: int | None = None,
+                 shard_index: int | None = None, shard_count: int | None = None,
+                 condition: str = "mel100") -> grain.MapDataset:
+    """The unbatched sample stream of ``stage`` (see the module docstring).
+
+    ``data_dir`` is a clip dataset folder (or a ``ClipDataset``). The clip list
+    is sharded over ``shard_count`` processes (default: the JAX process count)
+    before shuffling; ``num_epochs=None`` repeats forever.
+    """
+    if stage not in _SAMPLERS:
+        raise ValueError(f"unknown stage {stage!r}; choose one of {STAGES}")
+    if condition not in ("mel100", "release"):
+        raise ValueError(f"condition must be 'mel100' or 'release', got {condition!r}")
+    clips = data_dir if isinstance(data_dir, ClipDataset) else ClipDataset(data_dir)
+    window = window or DEFAULT_WINDOW[stage]
+    if shard_index is None or shard_count is None:
+        import jax
+        shard_index, shard_count = jax.process_index(), jax.process_count()
+    min_frames = 1 if stage == "animator" else window
+    eligible = select_clips(clips.index, split=split, heldout_fraction=heldout_fraction, min_frames=min_frames)
+    if len(eligible) < shard_count:
+        raise DatasetError(f"{clips.root}: only {len(eligible)} {split!r} clips with >= {min_frames} frames, "
+                           f"fewer than the {shard_count} data shards (processes)")
+    kwargs = {"condition": condition} if stage == "motion" else {}
+    sampler = _SAMPLERS[stage](clips=clips, window=window, **kwargs)
+    ds = grain.MapDataset.source(eligible)[shard_index::shard_count]
+    return ds.seed(seed).shuffle().repeat(num_epochs).random_map(sampler)
+
+
+def _ensure_absl_flags_parsed() -> None:
+    """Grain's worker processes read absl flags; outside an absl app (pytest, argparse
+    CLIs) they are unparsed, so take the defaults."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def make_iterator(ds: grain.MapDataset, batch_size: int, *, num_workers: int = 0,
+                  worker_buffer_size: int = 2, read_threads: int = 1) -> grain.DatasetIterator:
+    """Batches ``ds`` (dropping the remainder) and iterates it, in ``num_workers``
+    processes when > 0. Batches are dicts of numpy arrays with a leading
+    ``batch_size`` axis. The iterator's state checkpoints with
+    ``grain.checkpoint.CheckpointSave``."""
+    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * batch_size))
+    it_ds = it_ds.batch(batch_size, drop_remainder=True)
+    if num_workers > 0:
+        _ensure_absl_flags_parsed()
+        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
+                                                               per_worker_buffer_size=worker_buffer_size))
+    return iter(it_ds)
