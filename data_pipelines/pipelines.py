@@ -80,7 +80,7 @@ def select_clips(index: Sequence[dict], *, split: str, heldout_fraction: float, 
 class _Sampler(grain.transforms.RandomMap):
     """Base: reads the clip, handles bad records, delegates to ``sample``."""
 
-    clips: ClipDataset
+    clips: ClipDataset  # or any source with the same __getitem__
     window: int
     bad_records: int = 0
 
@@ -168,7 +168,8 @@ def make_dataset(stage: str, data_dir, *, seed: int = 0, window: int | None = No
                  condition: str = "mel100") -> grain.MapDataset:
     """The unbatched sample stream of ``stage`` (see the module docstring).
 
-    ``data_dir`` is a clip dataset folder (or a ``ClipDataset``). The clip list
+    ``data_dir`` is a clip dataset folder, or any clip source with ``index`` and
+    ``__getitem__`` (a ``ClipDataset``, ``data_pipelines.tfds.TfdsClips``). The clip list
     is sharded over ``shard_count`` processes (default: the JAX process count)
     before shuffling; ``num_epochs=None`` repeats forever.
     """
@@ -176,7 +177,7 @@ def make_dataset(stage: str, data_dir, *, seed: int = 0, window: int | None = No
         raise ValueError(f"unknown stage {stage!r}; choose one of {STAGES}")
     if condition not in ("mel100", "release"):
         raise ValueError(f"condition must be 'mel100' or 'release', got {condition!r}")
-    clips = data_dir if isinstance(data_dir, ClipDataset) else ClipDataset(data_dir)
+    clips = data_dir if hasattr(data_dir, "index") else ClipDataset(data_dir)
     window = window or DEFAULT_WINDOW[stage]
     if shard_index is None or shard_count is None:
         import jax

@@ -20,6 +20,15 @@ from data_pipelines import records
 from data_pipelines.synthetic.generator import SynthConfig, generate_clip
 
 
+def write_synthetic_dataset(out, cfg: SynthConfig, clips: int, *, clips_per_shard: int = 16,
+                            jpeg_quality: int = 95, workers: int = 2) -> dict:
+    """Writes ``clips`` synthetic clips of ``cfg`` to ``out`` (resumable); returns the manifest."""
+    info = {"generator": "gohd-synth", **dataclasses.asdict(cfg)}
+    return records.write_dataset(out, clips, functools.partial(generate_clip, cfg),
+                                 clips_per_shard=clips_per_shard, jpeg_quality=jpeg_quality,
+                                 workers=workers, dataset_info=info)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gohd-synth",
@@ -58,12 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     identities = args.identities or max(2, args.clips // 4)
     cfg = SynthConfig(size=args.size, seconds=args.seconds, num_identities=identities, seed=args.seed)
-    info = {"generator": "gohd-synth", **dataclasses.asdict(cfg)}
     t0 = time.perf_counter()
     try:
-        manifest = records.write_dataset(args.out, args.clips, functools.partial(generate_clip, cfg),
-                                         clips_per_shard=args.clips_per_shard, jpeg_quality=args.jpeg_quality,
-                                         workers=args.workers, dataset_info=info)
+        manifest = write_synthetic_dataset(args.out, cfg, args.clips, clips_per_shard=args.clips_per_shard,
+                                           jpeg_quality=args.jpeg_quality, workers=args.workers)
     except records.DatasetError as e:
         print(f"gohd-synth: error: {e}", file=sys.stderr)
         return 1

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import traceback
 import zipfile
@@ -422,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if argv is None and hasattr(signal, "SIGPIPE"):  # `gohd-parity DIR | head` exits quietly
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     if args.list_kinds:
         print(_list_kinds())
         return EXIT_OK

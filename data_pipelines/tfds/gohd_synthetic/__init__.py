@@ -1,0 +1,1 @@
+"""TFDS builder of the synthetic talking-head dataset."""
