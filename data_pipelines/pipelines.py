@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
 from collections.abc import Sequence
 
 import grain
@@ -177,7 +178,7 @@ def make_dataset(stage: str, data_dir, *, seed: int = 0, window: int | None = No
         raise ValueError(f"unknown stage {stage!r}; choose one of {STAGES}")
     if condition not in ("mel100", "release"):
         raise ValueError(f"condition must be 'mel100' or 'release', got {condition!r}")
-    clips = data_dir if hasattr(data_dir, "index") else ClipDataset(data_dir)
+    clips = ClipDataset(data_dir) if isinstance(data_dir, (str, os.PathLike)) else data_dir
     window = window or DEFAULT_WINDOW[stage]
     if shard_index is None or shard_count is None:
         import jax

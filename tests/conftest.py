@@ -27,3 +27,14 @@ def require_shared(*parts: str):
 def shared():
     """The shared folder (skips, or fails under CI=true, when absent)."""
     return require_shared()
+
+
+def pytest_configure(config):
+    # 8 fake CPU devices for the mesh tests; must happen before JAX starts a backend.
+    import jax
+
+    jax.config.update("jax_num_cpu_devices", 8)
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():  # Grain's worker processes read absl flags
+        flags.FLAGS.mark_as_parsed()

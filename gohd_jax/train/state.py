@@ -1,0 +1,71 @@
+"""The functional train state and what a task's pure step sees of its models."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import optax
+from flax import nnx, struct
+
+
+@struct.dataclass
+class TrainState:
+    """Everything a step reads and writes, as one pytree (saved whole in checkpoints).
+
+    step:   int32 [] number of optimizer steps taken.
+    params: model name -> nnx.State of its ``nnx.Param`` variables.
+    rest:   model name -> nnx.State of its other variables (batch statistics...).
+    opt:    model name -> optax state (only models that have an optimizer).
+    ema:    model name -> exponential moving average of ``params`` (models the task lists).
+    rng:    uint32 [2] raw data of the run's base PRNG key; step k uses fold_in(key, k).
+    """
+
+    step: jax.Array
+    params: dict[str, Any]
+    rest: dict[str, Any]
+    opt: dict[str, Any]
+    ema: dict[str, Any]
+    rng: jax.Array
+
+    def step_key(self) -> jax.Array:
+        return jax.random.fold_in(jax.random.wrap_key_data(self.rng), self.step)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepContext:
+    """Static helpers handed to a task's pure steps: the models' graph definitions
+    and optimizers. Hashable by identity, so jit treats it as a constant."""
+
+    graphdefs: dict[str, nnx.GraphDef]
+    optimizers: dict[str, optax.GradientTransformation]
+
+    def model(self, state: TrainState, name: str, params=None) -> nnx.Module:
+        """A live module for ``name`` (optionally with other ``params``, e.g. inside grad)."""
+        p = state.params[name] if params is None else params
+        return nnx.merge(self.graphdefs[name], p, state.rest[name])
+
+    def ema_model(self, state: TrainState, name: str) -> nnx.Module:
+        return nnx.merge(self.graphdefs[name], state.ema[name], state.rest[name])
+
+    @staticmethod
+    def rest_of(module: nnx.Module) -> Any:
+        """The non-Param state of a module after a call (to keep updated batch statistics)."""
+        _, _, rest = nnx.split(module, nnx.Param, ...)
+        return rest
+
+    def apply_gradients(self, state: TrainState, name: str, grads, rest=None) -> TrainState:
+        """One optimizer update of model ``name``; optionally also replace its ``rest``."""
+        updates, opt = self.optimizers[name].update(grads, state.opt[name], state.params[name])
+        params = optax.apply_updates(state.params[name], updates)
+        new = state.replace(params={**state.params, name: params}, opt={**state.opt, name: opt})
+        if rest is not None:
+            new = new.replace(rest={**state.rest, name: rest})
+        return new
+
+    def __hash__(self):
+        return id(self)
+
+    def __eq__(self, other):
+        return self is other

@@ -1,0 +1,17 @@
+"""Training tasks, one per stage, registered by name for ``launch/train.py``."""
+
+from __future__ import annotations
+
+import importlib
+
+# name -> "module:Class"
+TASKS = {
+    "mouth_regressor": "gohd_jax.train.tasks.mouth_regressor:MouthRegressorTask",
+}
+
+
+def get_task_class(name: str):
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; known: {sorted(TASKS)}")
+    module, cls = TASKS[name].split(":")
+    return getattr(importlib.import_module(module), cls)

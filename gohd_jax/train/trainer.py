@@ -1,0 +1,230 @@
+"""One sharded trainer for every stage.
+
+The trainer builds the mesh, initialises the state inside jit with the rule
+table's shardings (no unsharded copy is ever made), jits the task's pure step
+with donated state, runs the loop, checkpoints (state + Grain iterator + config,
+async, keep-N), resumes exactly, logs metrics, runs evals, keeps an EMA of
+parameters, saves and exits cleanly on SIGTERM, and stops on a NaN/Inf loss
+naming the step and the term (the last good checkpoint is left intact).
+
+Config fields it reads (see ``configs/mouth_regressor.py`` for a full example)::
+
+    seed, batch_size (global), num_steps, log_every, eval_every, eval_steps,
+    checkpoint_every, keep_checkpoints, ema_decay, mesh.data, mesh.fsdp,
+    sharding_rules (tuple of (regex, "replicate"|"fsdp")), data.num_workers
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from data_pipelines import pipelines
+from gohd_jax.parallel import host_to_global, make_mesh, param_shardings
+from gohd_jax.train.checkpoint import Checkpointer, abstract_like
+from gohd_jax.train.metrics import MetricWriter, Throughput, log_line
+from gohd_jax.train.state import StepContext, TrainState
+from gohd_jax.train.task import Task
+
+log = logging.getLogger("gohd_jax.train")
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss term became NaN or Inf; the message names the step and the term."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    status: str              # "done" | "preempted"
+    step: int
+    metrics: dict[str, float]
+    eval_metrics: dict[str, float]
+
+
+class Trainer:
+    def __init__(self, task: Task, config: ml_collections.ConfigDict, workdir: str | Path, mesh=None):
+        self.task, self.config, self.workdir = task, config, Path(workdir)
+        self.mesh = mesh if mesh is not None else make_mesh(config.mesh.data, config.mesh.fsdp)
+        self.process_index, self.process_count = jax.process_index(), jax.process_count()
+        gb = int(config.batch_size)
+        if gb % self.mesh.size or gb % self.process_count:
+            raise ValueError(f"batch_size {gb} must divide evenly over the mesh's {self.mesh.size} devices "
+                             f"and {self.process_count} processes")
+        self.global_batch, self.host_batch = gb, gb // self.process_count
+        abstract_models = nnx.eval_shape(lambda: task.create_models(nnx.Rngs(0)))
+        graphdefs = {n: nnx.split(m)[0] for n, m in abstract_models.items()}
+        self.ctx = StepContext(graphdefs=graphdefs, optimizers=task.optimizers())
+        self.ema_decay = float(config.get("ema_decay", 0.0))
+        rules = tuple(tuple(r) for r in config.get("sharding_rules", ((".*", "fsdp"),)))
+        self._rng = jax.random.key_data(jax.random.key(int(config.seed)))
+        abstract = jax.eval_shape(self._init, self._rng)
+        self.state_shardings = param_shardings(abstract, self.mesh, rules)
+        self.abstract_state = abstract_like(abstract, self.state_shardings)
+        self._train_step = jax.jit(self._step, in_shardings=(self.state_shardings, None),
+                                   out_shardings=(self.state_shardings, None), donate_argnums=0)
+        self._eval_step = jax.jit(lambda s, b: task.eval_step(self.ctx, s, b))
+        self._stop = threading.Event()
+
+    # ------------------------------------------------------------------ pure functions
+
+    def _init(self, rng_data) -> TrainState:
+        key = jax.random.wrap_key_data(rng_data)
+        models = self.task.create_models(nnx.Rngs(jax.random.fold_in(key, 0)))
+        params, rest = {}, {}
+        for name, model in models.items():
+            _, params[name], rest[name] = nnx.split(model, nnx.Param, ...)
+        opt = {n: tx.init(params[n]) for n, tx in self.ctx.optimizers.items()}
+        ema = {n: params[n] for n in self.task.ema_models} if self.ema_decay > 0 else {}
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt=opt, ema=ema,
+                          rng=jax.random.key_data(jax.random.fold_in(key, 1)))
+
+    def _step(self, state: TrainState, batch) -> tuple[TrainState, dict]:
+        new, metrics = self.task.train_step(self.ctx, state, batch, state.step_key())
+        new = new.replace(step=state.step + 1)
+        if new.ema:
+            d = self.ema_decay
+            new = new.replace(ema={n: jax.tree_util.tree_map(lambda e, p: d * e + (1 - d) * p, e_, new.params[n])
+                                   for n, e_ in new.ema.items()})
+        return new, metrics
+
+    # ------------------------------------------------------------------ state
+
+    def init_state(self) -> TrainState:
+        """Fresh state, created directly in its shardings."""
+        return jax.jit(self._init, out_shardings=self.state_shardings)(self._rng)
+
+    def data_iterator(self, split: str = "train"):
+        ds = self.task.dataset(split, seed=int(self.config.seed), shard_index=self.process_index,
+                               shard_count=self.process_count)
+        return pipelines.make_iterator(ds, self.host_batch, num_workers=int(self.config.data.num_workers))
+
+    def _global(self, batch) -> dict[str, jax.Array]:
+        return host_to_global(batch, self.mesh)
+
+    def evaluate(self, state: TrainState) -> dict[str, float]:
+        """Mean of the task's eval metrics over ``eval_steps`` held-out batches (the same ones every time)."""
+        ds = self.task.dataset("heldout", seed=int(self.config.seed), shard_index=self.process_index,
+                               shard_count=self.process_count)
+        it = pipelines.make_iterator(ds, self.host_batch)
+        sums: dict[str, float] = {}
+        n = int(self.config.eval_steps)
+        for _ in range(n):
+            m = jax.device_get(self._eval_step(state, self._global(next(it))))
+            for k, v in m.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        return {f"eval/{k}": v / n for k, v in sums.items()}
+
+    # ------------------------------------------------------------------ loop
+
+    def _check_finite(self, step: int, metrics: dict[str, Any]) -> None:
+        for k, v in metrics.items():
+            if k.startswith("loss") and not math.isfinite(float(v)):
+                raise TrainingDiverged(f"loss term {k!r} is {float(v)} at step {step}; stopping. The last "
+                                       f"checkpoint in {self.workdir / 'checkpoints'} is from before it "
+                                       f"and intact")
+
+    def _handle_sigterm(self, signum, frame):
+        log.warning("SIGTERM received: saving a checkpoint at the end of this step, then exiting")
+        self._stop.set()
+
+    def _preempted(self) -> bool:
+        flag = self._stop.is_set()
+        if self.process_count > 1:
+            from jax.experimental import multihost_utils
+            flag = bool(np.any(multihost_utils.process_allgather(np.array(flag))))
+        return flag
+
+    def train(self) -> TrainResult:
+        cfg = self.config
+        total = int(cfg.num_steps)
+        ckpt = Checkpointer(self.workdir, keep=int(cfg.keep_checkpoints))
+        writer = MetricWriter(self.workdir, enabled=self.process_index == 0)
+        old_handler = None
+        if threading.current_thread() is threading.main_thread():
+            old_handler = signal.signal(signal.SIGTERM, self._handle_sigterm)
+        try:
+            return self._loop(total, ckpt, writer)
+        finally:
+            if old_handler is not None:
+                signal.signal(signal.SIGTERM, old_handler)
+            ckpt.close()  # finishes pending (good) saves; after a NaN nothing new was saved
+            writer.close()
+
+    def _loop(self, total: int, ckpt: Checkpointer, writer: MetricWriter) -> TrainResult:
+        cfg = self.config
+        it = self.data_iterator("train")
+        latest = ckpt.latest_step()
+        if latest is not None:
+            state = ckpt.restore(latest, self.abstract_state, it)
+            log.info("resumed from step %d (%s)", latest, ckpt.directory)
+        else:
+            state = self.init_state()
+        start = int(jax.device_get(state.step))
+        n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
+        log.info("training %s: %d parameters, mesh %s, global batch %d (%d per process), steps %d -> %d%s",
+                 type(self.task).__name__, n_params, dict(self.mesh.shape), self.global_batch, self.host_batch,
+                 start, total, "".join(f", {k}={v}" for k, v in self.task.describe().items()))
+        throughput = Throughput(start, total, self.global_batch)
+        sums: dict[str, float] = {}
+        count, last, eval_metrics, status = 0, {}, {}, "done"
+        pending = None
+        saved_step = latest
+
+        def absorb(step_and_metrics):
+            nonlocal count
+            step, m = step_and_metrics
+            host = {k: float(v) for k, v in jax.device_get(m).items()}
+            self._check_finite(step, host)
+            for k, v in host.items():
+                sums[k] = sums.get(k, 0.0) + v
+            count += 1
+
+        step = start
+        while step < total:
+            batch = self._global(next(it))
+            state, metrics = self._train_step(state, batch)
+            step += 1
+            if pending is not None:
+                absorb(pending)
+            pending = (step, metrics)
+            boundary = step % int(cfg.log_every) == 0 or step == total
+            save_now = step % int(cfg.checkpoint_every) == 0 or step == total
+            stop = self._stop.is_set() if self.process_count == 1 else boundary and self._preempted()
+            if boundary or save_now or stop:
+                absorb(pending)
+                pending = None
+            if boundary:
+                last = {k: v / max(count, 1) for k, v in sums.items()}
+                last.update(throughput.update(step))
+                sums, count = {}, 0
+                if self.process_index == 0:
+                    log.info(log_line(step, total, last))
+                writer.write(step, last)
+            if int(cfg.eval_every) and (step % int(cfg.eval_every) == 0 or step == total):
+                eval_metrics = self.evaluate(state)
+                if self.process_index == 0:
+                    log.info("eval at step %d: %s", step,
+                             " ".join(f"{k}={v:.4g}" for k, v in sorted(eval_metrics.items())))
+                writer.write(step, eval_metrics)
+            if save_now or stop:
+                ckpt.save(step, state, it, cfg.to_dict())
+                saved_step = step
+            if stop:
+                status = "preempted"
+                log.warning("preempted: checkpoint of step %d saved; rerun the same command to resume", step)
+                break
+        self.final_state = state
+        log.info("%s at step %d; last checkpoint: step %s", status, step, saved_step)
+        return TrainResult(status=status, step=step, metrics=last, eval_metrics=eval_metrics)
+

@@ -1,0 +1,75 @@
+"""Train one stage on the sharded trainer.
+
+    python launch/train.py --config=configs/mouth_regressor.py:tiny --workdir=workdir/mouth \
+        [--config.batch_size=32 --config.mesh.fsdp=2 ...]
+
+Rerunning the same command resumes from the latest checkpoint in --workdir.
+Several processes (SLURM, TPU pod slice, or by hand): each runs this same
+command; ``jax.distributed.initialize()`` is called when the environment says
+there are several (SLURM_NTASKS > 1, a multi-worker TPU, JAX_COORDINATOR_ADDRESS)
+or when --num_processes > 1 (then also give --coordinator and --process_id).
+See launch/README.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from absl import app, flags
+from ml_collections import config_flags
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without install
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config: configs/NAME.py:VARIANT.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics.jsonl, tensorboard/.")
+_COORD = flags.DEFINE_string("coordinator", None, "host:port of process 0 (multi-process by hand).")
+_NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process by hand).")
+_PID = flags.DEFINE_integer("process_id", None, "This process's index (multi-process by hand).")
+_CPU_DEVICES = flags.DEFINE_integer("cpu_devices", None, "Fake CPU devices per process (testing meshes).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _wants_distributed() -> bool:
+    if _NPROC.value is not None:
+        return _NPROC.value > 1
+    env = os.environ
+    if int(env.get("SLURM_NTASKS", "1")) > 1 or env.get("JAX_COORDINATOR_ADDRESS"):
+        return True
+    return "," in env.get("TPU_WORKER_HOSTNAMES", "")
+
+
+def main(argv) -> None:
+    del argv
+    import jax
+
+    if _CPU_DEVICES.value:
+        jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value)
+    if _wants_distributed():
+        if _NPROC.value is not None:
+            jax.distributed.initialize(_COORD.value, num_processes=_NPROC.value, process_id=_PID.value)
+        else:
+            jax.distributed.initialize()
+    logging.getLogger("gohd_jax").setLevel(logging.INFO)
+
+    from data_pipelines.records import DatasetError
+    from gohd_jax.train.tasks import get_task_class
+    from gohd_jax.train.trainer import Trainer, TrainingDiverged
+
+    cfg = _CONFIG.value
+    try:
+        task = get_task_class(cfg.task_name)(cfg)
+        result = Trainer(task, cfg, _WORKDIR.value).train()
+    except (TrainingDiverged, DatasetError, ValueError) as e:
+        logging.error("%s", e)
+        sys.exit(1)
+    rates = ("steps_per_s", "examples_per_s", "eta_s")
+    terms = {k: v for k, v in {**result.metrics, **result.eval_metrics}.items() if k not in rates}
+    print(f"{result.status} at step {result.step}: " + " ".join(f"{k}={v:.6g}" for k, v in sorted(terms.items())))
+
+
+if __name__ == "__main__":
+    app.run(main)
