@@ -35,6 +35,7 @@ test-slow: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) bench/bench_data.py
+	$(PY) bench/bench_trainer.py
 
 clean:
 	rm -rf $(VENV) workdir
