@@ -53,6 +53,9 @@ def main(argv) -> None:
             jax.distributed.initialize(_COORD.value, num_processes=_NPROC.value, process_id=_PID.value)
         else:
             jax.distributed.initialize()
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax/Grain chatter off; our own log stays INFO
     logging.getLogger("gohd_jax").setLevel(logging.INFO)
 
     from data_pipelines.records import DatasetError
