@@ -40,17 +40,17 @@ class Identity:
 
     index: int
     # --- head and body (world units / ratios)
-    head_scale: float       # head half-width in world units (frame half-side = 1), ~0.36-0.42
-    head_height: float      # ellipsoid y semi-axis / x semi-axis, ~1.22-1.38
+    head_scale: float       # head half-width in world units (frame half-side = 1), ~0.44-0.50
+    head_height: float      # ellipsoid y semi-axis / x semi-axis, ~1.22-1.36
     head_depth: float       # ellipsoid z semi-axis / x semi-axis, ~0.95-1.05
-    head_y: float           # head centre height in world units at zero translation, ~0.06-0.12
-    neck_width: float       # neck half-width in head units, ~0.42-0.55
+    head_y: float           # head centre height in world units at zero translation, ~0.12-0.18
+    neck_width: float       # neck half-width in head units, ~0.50-0.62
     # --- eyes (head units; u, v on the front of the head)
     eye_sep: float          # |u| of each eye centre, ~0.36-0.42
-    eye_y: float            # v of the eye centres, ~-0.02-0.06
+    eye_y: float            # v of the eye centres, ~0.0-0.08
     eye_width: float        # eye half-width (corner to centre), ~0.18-0.22
-    eye_upper: float        # upper-lid height above the corner line, eyes open, ~0.065-0.08
-    eye_lower: float        # lower-lid depth below the corner line, ~0.045-0.055
+    eye_upper: float        # upper-lid height above the corner line, eyes open, 0.36-0.42 eye_width
+    eye_lower: float        # lower-lid depth below the corner line, 0.25-0.29 eye_width
     iris_radius: float      # ~0.075-0.092
     # --- brows
     brow_y: float           # brow base height above the eye centre, ~0.20-0.27
@@ -59,10 +59,10 @@ class Identity:
     brow_outer: float       # |u| of the outer brow end, ~0.58-0.66
     brow_thickness: float   # full thickness at the inner end, ~0.045-0.085
     # --- nose, mouth
-    nose_y: float           # v of the nose tip, ~-0.46 to -0.38
+    nose_y: float           # v of the nose tip, ~-0.38 to -0.30
     nose_size: float        # height of the nose bump (normal perturbation), ~0.10-0.20
     nose_width: float       # ~0.10-0.14
-    mouth_y: float          # v of the lip line, ~-0.80 to -0.72
+    mouth_y: float          # v of the lip line, ~-0.70 to -0.62
     mouth_width: float      # mouth half-width at rest, ~0.26-0.34
     lip_upper: float        # upper-lip thickness, ~0.045-0.065
     lip_lower: float        # lower-lip thickness, ~0.060-0.085
@@ -115,7 +115,7 @@ def make_identity(seed: int, identity_index: int) -> Identity:
     skin = np.clip(_pick(rng, _SKIN, 0.015), 0.15, 1.0)
     lip = skin * np.array([0.86, 0.55, 0.55]) + np.array([0.06, 0.0, 0.02]) + rng.normal(0, 0.02, 3)
     hair = _pick(rng, _HAIR, 0.02)
-    brow = 0.55 * hair + 0.45 * np.minimum(hair, skin * 0.35)
+    brow = np.minimum(0.6 * hair + 0.4 * skin * 0.3, skin * 0.5)  # always darker than the skin
     iris = _pick(rng, _IRIS, 0.03)
     clothes = rng.uniform(0.1, 0.85, 3)
     # Background: a muted colour, lighter at the top, not too close to the skin tone.
@@ -128,19 +128,20 @@ def make_identity(seed: int, identity_index: int) -> Identity:
     style = int(rng.integers(0, len(HAIR_STYLES)))
     hairline = u(0.56, 0.66) if style != 4 else u(0.64, 0.70)
     fringe = u(0.0, 0.35) if style in (0, 2) and u() < 0.6 else 0.0
+    eye_width = u(0.18, 0.22)
     light = np.array([u(-0.55, 0.55), u(0.35, 0.7), 1.0])
     light /= np.linalg.norm(light)
 
     return Identity(
         index=int(identity_index),
-        head_scale=u(0.36, 0.42), head_height=u(1.22, 1.38), head_depth=u(0.95, 1.05),
-        head_y=u(0.06, 0.12), neck_width=u(0.42, 0.55),
-        eye_sep=u(0.36, 0.42), eye_y=u(-0.02, 0.06), eye_width=u(0.18, 0.22),
-        eye_upper=u(0.065, 0.08), eye_lower=u(0.045, 0.055), iris_radius=u(0.075, 0.092),
+        head_scale=u(0.44, 0.50), head_height=u(1.22, 1.36), head_depth=u(0.95, 1.05),
+        head_y=u(0.12, 0.18), neck_width=u(0.50, 0.62),
+        eye_sep=u(0.36, 0.42), eye_y=u(0.0, 0.08), eye_width=eye_width,
+        eye_upper=eye_width * u(0.36, 0.42), eye_lower=eye_width * u(0.25, 0.29), iris_radius=u(0.075, 0.092),
         brow_y=u(0.20, 0.27), brow_arch=u(0.02, 0.06), brow_inner=u(0.12, 0.18),
         brow_outer=u(0.58, 0.66), brow_thickness=u(0.045, 0.085),
-        nose_y=u(-0.46, -0.38), nose_size=u(0.10, 0.20), nose_width=u(0.10, 0.14),
-        mouth_y=u(-0.80, -0.72), mouth_width=u(0.26, 0.34),
+        nose_y=u(-0.38, -0.30), nose_size=u(0.10, 0.20), nose_width=u(0.10, 0.14),
+        mouth_y=u(-0.70, -0.62), mouth_width=u(0.26, 0.34),
         lip_upper=u(0.045, 0.065), lip_lower=u(0.060, 0.085),
         hair_style=style, hairline=hairline, fringe=fringe, fringe_side=float(rng.choice([-0.5, 0.5])),
         skin=_color(skin), lip=_color(lip), hair=_color(hair), brow=_color(brow), iris=_color(iris),
