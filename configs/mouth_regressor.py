@@ -24,7 +24,7 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
     c.sharding_rules = ((".*", "fsdp"),)
     c.data = ml_collections.ConfigDict({"dir": "workdir/demo/data/synthetic", "window": 8, "num_workers": 0})
-    c.task = ml_collections.ConfigDict({"hidden": 128, "learning_rate": 1e-3, "target_dims": (0, 1, 2, 3)})
+    c.task = ml_collections.ConfigDict({"hidden": 128, "learning_rate": 1e-3, "target_dims": (0, 1, 2)})
     if variant == "base":
         c.update(batch_size=64, num_steps=5000, log_every=100, eval_every=1000, checkpoint_every=1000)
         c.task.hidden = 512
