@@ -38,7 +38,7 @@ def bench_pipeline(stage: str, data_dir: Path, workers: int, batch: int, batches
     window = min(pipelines.DEFAULT_WINDOW[stage], 150)
     ds = pipelines.make_dataset(stage, data_dir, window=window, split="all", shard_index=0, shard_count=1)
     it = pipelines.make_iterator(ds, batch, num_workers=workers)
-    for _ in range(3):  # start-up: worker spawn, first reads
+    for _ in range(5):  # start-up: worker spawn, first reads
         next(it)
     t0 = time.perf_counter()
     for _ in range(batches):
@@ -48,11 +48,11 @@ def bench_pipeline(stage: str, data_dir: Path, workers: int, batch: int, batches
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--clips", type=int, default=16)
+    p.add_argument("--clips", type=int, default=48)
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--batches", type=int, default=30)
+    p.add_argument("--batches", type=int, default=100)
     args = p.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
           f"date {time.strftime('%Y-%m-%d')}")
@@ -63,7 +63,7 @@ def main() -> None:
         print("| size | generate_clip only, 1 process (clips/s) | writer, 0 workers (clips/s) | writer, 2 workers (clips/s) |")
         print("|---:|---:|---:|---:|")
         for size in (64, 256):
-            n = args.clips if size == 64 else max(4, args.clips // 4)
+            n = args.clips if size == 64 else max(4, args.clips // 6)
             alone, w0 = bench_generator(size, args.seconds, n, 0, tmp)
             _, w2 = bench_generator(size, args.seconds, n, 2, tmp)
             print(f"| {size} | {alone:.2f} | {w0:.2f} | {w2:.2f} |")
@@ -71,7 +71,7 @@ def main() -> None:
         data = tmp / "pipes"
         cfg = SynthConfig(size=args.size, seconds=args.seconds, num_identities=4, seed=2)
         write_synthetic_dataset(data, cfg, args.clips, clips_per_shard=8, workers=2)
-        print(f"\n### Grain pipelines (batch {args.batch}, {args.size} px, {args.batches} batches after 3 warm-up)\n")
+        print(f"\n### Grain pipelines (batch {args.batch}, {args.size} px, {args.batches} batches after 5 warm-up)\n")
         print("| stage | window | 0 workers (samples/s) | 1 worker | 2 workers |")
         print("|---|---:|---:|---:|---:|")
         for stage in pipelines.STAGES:

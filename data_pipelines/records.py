@@ -24,7 +24,7 @@ import math
 import multiprocessing
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -375,9 +375,3 @@ def summarize(manifest: dict) -> str:
         lines.append("source      " + ", ".join(f"{k}={v}" for k, v in sorted(d.items())))
     return "\n".join(lines)
 
-
-def per_identity_counts(index: Sequence[dict]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for r in index:
-        counts[r["identity_id"]] = counts.get(r["identity_id"], 0) + 1
-    return counts

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -53,8 +52,8 @@ def _config(data_dir, **overrides):
 
 
 def _losses(workdir):
-    return [json.loads(l)["loss"] for l in (Path(workdir) / "metrics.jsonl").read_text().splitlines()
-            if "loss" in json.loads(l)]
+    rows = [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if "loss" in r]
 
 
 def _final_params(trainer: Trainer, workdir):
@@ -174,7 +173,7 @@ def test_metrics_files_and_log_line(data_dir, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="gohd_jax.train"):
         result = Trainer(MouthRegressorTask(cfg), cfg, tmp_path).train()
     assert "steps/s" in caplog.text and "ETA" in caplog.text and "loss=" in caplog.text
-    rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [2, 4, 6]
     assert any("eval/mse" in r for r in rows) and "eval/mse" in result.eval_metrics
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))

@@ -34,11 +34,7 @@ def _path_str(path) -> str:
 def spec_for(path: str, shape: Sequence[int], mesh: Mesh, rules=DEFAULT_RULES,
              min_fsdp_size: int = 2 ** 12) -> P:
     """The PartitionSpec of one parameter (see the module docstring)."""
-    for pattern, how in rules:
-        if re.fullmatch(pattern, path):
-            break
-    else:
-        how = "replicate"
+    how = next((h for pattern, h in rules if re.fullmatch(pattern, path)), "replicate")
     if how not in ("replicate", "fsdp"):
         raise ValueError(f"sharding rule for {path!r}: {how!r} is not 'replicate' or 'fsdp'")
     n = mesh.shape["fsdp"]

@@ -37,7 +37,7 @@ class MetricWriter:
         self._jsonl = open(workdir / "metrics.jsonl", "a")
         if tensorboard:
             from tensorboardX import SummaryWriter
-            self._tb = SummaryWriter(str(workdir / "tensorboard"))
+            self._tb = SummaryWriter(str(workdir / "tensorboard"), flush_secs=30)
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
@@ -46,8 +46,7 @@ class MetricWriter:
         self._jsonl.flush()
         if self._tb is not None:
             for k, v in metrics.items():
-                self._tb.add_scalar(k, v, step)
-            self._tb.flush()
+                self._tb.add_scalar(k, v, step)  # tensorboardX flushes in the background (and on close)
 
     def close(self) -> None:
         if self._jsonl is not None:

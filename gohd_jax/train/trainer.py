@@ -7,6 +7,10 @@ async, keep-N), resumes exactly, logs metrics, runs evals, keeps an EMA of
 parameters, saves and exits cleanly on SIGTERM, and stops on a NaN/Inf loss
 naming the step and the term (the last good checkpoint is left intact).
 
+Metrics stay on the device between log/checkpoint boundaries (no host sync per
+step); at each boundary they are read in step order, so a NaN is reported at
+the first step it appeared, and always before a checkpoint could save it.
+
 Config fields it reads (see ``configs/mouth_regressor.py`` for a full example)::
 
     seed, batch_size (global), num_steps, log_every, eval_every, eval_steps,
@@ -178,32 +182,31 @@ class Trainer:
         throughput = Throughput(start, total, self.global_batch)
         sums: dict[str, float] = {}
         count, last, eval_metrics, status = 0, {}, {}, "done"
-        pending = None
+        pending: list[tuple[int, dict]] = []  # device metrics not yet read: no host sync per step
         saved_step = latest
 
-        def absorb(step_and_metrics):
-            nonlocal count
-            step, m = step_and_metrics
-            host = {k: float(v) for k, v in jax.device_get(m).items()}
-            self._check_finite(step, host)
-            for k, v in host.items():
-                sums[k] = sums.get(k, 0.0) + v
-            count += 1
+        def absorb():
+            """Reads the pending metrics in step order; raises on the first NaN/Inf loss."""
+            nonlocal count, pending
+            for step_k, host in zip([k for k, _ in pending], jax.device_get([m for _, m in pending])):
+                host = {k: float(v) for k, v in host.items()}
+                self._check_finite(step_k, host)
+                for k, v in host.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                count += 1
+            pending = []
 
         step = start
         while step < total:
             batch = self._global(next(it))
             state, metrics = self._train_step(state, batch)
             step += 1
-            if pending is not None:
-                absorb(pending)
-            pending = (step, metrics)
+            pending.append((step, metrics))
             boundary = step % int(cfg.log_every) == 0 or step == total
             save_now = step % int(cfg.checkpoint_every) == 0 or step == total
             stop = self._stop.is_set() if self.process_count == 1 else boundary and self._preempted()
             if boundary or save_now or stop:
-                absorb(pending)
-                pending = None
+                absorb()  # before any checkpoint: a diverged state is never saved
             if boundary:
                 last = {k: v / max(count, 1) for k, v in sums.items()}
                 last.update(throughput.update(step))
