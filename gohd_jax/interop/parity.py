@@ -205,6 +205,20 @@ def _check_audio_features(io, state_dict, fp64):
     return audio.audio_features(wav)
 
 
+@register("animator")
+def _check_animator(io, state_dict, fp64):
+    from gohd_jax.interop import animator_weights
+
+    return animator_weights.parity_animator(io, state_dict, fp64)
+
+
+@register("lia_generator")
+def _check_lia_generator(io, state_dict, fp64):
+    from gohd_jax.interop import animator_weights
+
+    return animator_weights.parity_lia_generator(io, state_dict, fp64)
+
+
 # Manifest `module` (its first word) -> kind. LDA serves two kinds: see _detect_kind.
 _MODULES = {
     "networks.generator.Generator_Semantic": "animator",

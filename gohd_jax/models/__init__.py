@@ -1,0 +1,1 @@
+"""Models: the animator (GoHD Generator_Semantic, LIA), discriminators, and the other stages."""

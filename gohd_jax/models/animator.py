@@ -1,0 +1,467 @@
+"""The GoHD face animator (``Generator_Semantic``) and the plain LIA generator, NHWC, Flax NNX.
+
+Official code: Jia1018/GoHD ``networks/generator.py``, ``encoder.py``, ``styledecoder.py``
+(LIA-based). The structure, for a config of size S (256 official) and style dim D (512):
+
+* appearance encoder ``EncoderApp``: 1x1 ConvLayer at S, then ResBlocks halving the resolution down
+  to 4², then a 4x4 valid equal-lr conv -> w_s [B, D]. Its feature pyramid at 8², 16², …, S² is
+  what the decoder warps.
+* ``MappingNet`` (PIRenderer's): plain Conv1d (k 7) over the [B, 27, 72] semantics window, then
+  3 × [LeakyReLU(0.1) -> Conv1d(k 3, dilation 3)] with a centre-crop residual, mean over time.
+* motion ``fc``: 5 EqualLinear without activations, on [w_s ; MappingNet(S)] -> α [B, M].
+* ``Direction``: Q = reduced QR(W + 1e-8), W [D, M]; latent = w_s + α·Qᵀ, fed to every layer.
+* ``Synthesis``: constant 4² input -> StyledConv; per resolution r = 8 … S: StyledConv(up),
+  StyledConv, ToFlow (flow + mask, warps the encoder feature at r), optional SFT refinement
+  (r ≥ 64), non-modulated ToRGB on the warped features, accumulated over scales. Outputs the
+  RGB image at every scale.
+
+Release quirk (``AnimatorConfig.release_sft_wiring``, dossier 5.1 item 4): with SFT, the release
+computes ``out = SFT(warp) + dec·(1 − (warp + dec·(1 − m)))`` because it unpacks ToFlow's second
+return value as if it were the mask. On (``AnimatorConfig.official()``) to reproduce the released
+weights; off (the default) gives the intended ``out = SFT(warp) + dec·(1 − m)`` for training from
+scratch. Either way ToRGB reads SFT(warp).
+
+The encoder features (``feats``) are a tuple ordered smallest first (8², 16², …, S²), the order
+the decoder consumes them; images and fields in the outputs are tuples largest first, as the
+official module returns its image list.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax import lax
+
+from gohd_jax.nn.stylegan import (DEFAULT_BLUR, ConstantInput, Conv2d, ConvLayer, EqualConv2d,
+                                  EqualLinear, ResBlock, StyledConv, ToFlow, ToRGB, leaky_relu,
+                                  normal_init, uniform_init)
+
+__all__ = ["OFFICIAL_CHANNELS", "AnimatorConfig", "EncoderApp", "Conv1d", "MappingNet",
+           "SemanticEncoder", "LIAEncoder", "Direction", "SFTBlock", "Synthesis",
+           "SemanticAnimator", "LIAGenerator"]
+
+# The official channel map (EncoderApp and Synthesis, channel_multiplier 1).
+OFFICIAL_CHANNELS = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256, 128: 128, 256: 64, 512: 32,
+                     1024: 16}
+
+
+@dataclass(frozen=True)
+class AnimatorConfig:
+    """Architecture of the animator (and of the plain LIA generator, which ignores the
+    semantics fields).
+
+    Channels per resolution: ``channels`` (explicit ``((res, ch), …)`` pairs covering 4 … size)
+    or else ``OFFICIAL_CHANNELS`` with the entries at resolution ≥ 64 times
+    ``channel_multiplier``, every entry times ``channel_scale`` (rounded, at least 1). Encoder and
+    decoder share the map: the decoder adds its features to the warped encoder features. (The
+    official code applies ``channel_multiplier`` to the decoder only, which works only for 1.)
+    """
+    size: int = 256
+    style_dim: int = 512
+    motion_dim: int = 20
+    semantic_dim: int = 72
+    window: int = 27
+    channel_multiplier: int = 1
+    channel_scale: float = 1.0
+    channels: tuple[tuple[int, int], ...] | None = None
+    mapping_layers: int = 3
+    in_channels: int = 3
+    out_channels: int = 3
+    use_sft: bool = True
+    sft_min_res: int = 64
+    release_sft_wiring: bool = False
+    blur_kernel: tuple[int, ...] = DEFAULT_BLUR
+
+    def __post_init__(self):
+        self.validate()
+
+    # ---- presets
+    @classmethod
+    def official(cls, **overrides) -> "AnimatorConfig":
+        """``Generator_Semantic(256, 72, 512, 20, 1, True, 3, 3)`` as inference.py builds it,
+        with the release's SFT wiring (to load ``FaceAnimator_GoHD.pt['gen_pose']``)."""
+        return cls(**{"release_sft_wiring": True, **overrides})
+
+    @classmethod
+    def lia(cls, **overrides) -> "AnimatorConfig":
+        """The plain LIA ``Generator(256, 512, 20)``: no SFT."""
+        return cls(**{"use_sft": False, **overrides})
+
+    @classmethod
+    def tiny(cls, **overrides) -> "AnimatorConfig":
+        """A CPU-test size: 64², style 128, motion 20, narrow channels (SFT at 64²)."""
+        base = dict(size=64, style_dim=128, motion_dim=20,
+                    channels=((4, 64), (8, 64), (16, 64), (32, 32), (64, 16)))
+        return cls(**{**base, **overrides})
+
+    # ---- derived
+    def channel_map(self) -> dict[int, int]:
+        if self.channels is not None:
+            chans = {int(r): int(c) for r, c in self.channels}
+        else:
+            chans = {r: (c * self.channel_multiplier if r >= 64 else c)
+                     for r, c in OFFICIAL_CHANNELS.items()}
+        return {r: max(1, int(round(c * self.channel_scale))) for r, c in chans.items()}
+
+    @property
+    def log_size(self) -> int:
+        return int(math.log2(self.size))
+
+    @property
+    def resolutions(self) -> tuple[int, ...]:
+        """Decoder / pyramid resolutions, smallest first: 8, 16, …, size."""
+        return tuple(2 ** i for i in range(3, self.log_size + 1))
+
+    @property
+    def mapping_out_len(self) -> int:
+        return self.window - 6 - 6 * self.mapping_layers
+
+    def validate(self) -> None:
+        if self.size < 8 or self.size & (self.size - 1):
+            raise ValueError(f"AnimatorConfig.size must be a power of two >= 8, got {self.size}")
+        chans = self.channel_map()
+        missing = [2 ** i for i in range(2, self.log_size + 1) if 2 ** i not in chans]
+        if missing:
+            raise ValueError(f"AnimatorConfig.channels lacks resolution(s) {missing}; give "
+                             f"(resolution, channels) pairs for 4 … {self.size}")
+        for name in ("style_dim", "motion_dim", "semantic_dim", "in_channels", "out_channels"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"AnimatorConfig.{name} must be >= 1")
+        if self.motion_dim > self.style_dim:
+            raise ValueError(f"motion_dim {self.motion_dim} > style_dim {self.style_dim}: the "
+                             f"QR of the [style_dim, motion_dim] directions needs rows >= columns")
+        if self.mapping_out_len < 1:
+            need = 7 + 6 * self.mapping_layers
+            raise ValueError(f"window {self.window} is too short for MappingNet with "
+                             f"{self.mapping_layers} layers (needs >= {need})")
+
+
+# ------------------------------------------------------------------------------------ encoders
+
+class EncoderApp(nnx.Module):
+    """Appearance encoder E: image [B,S,S,C] -> (w [B,D], feats smallest first: 8², …, S²)."""
+
+    def __init__(self, size: int, in_channels: int, style_dim: int, channels: dict[int, int], *,
+                 blur_kernel: Sequence[float] = DEFAULT_BLUR, rngs: nnx.Rngs,
+                 param_dtype=jnp.float32):
+        kw = dict(blur_kernel=blur_kernel, rngs=rngs, param_dtype=param_dtype)
+        self.size, self.style_dim = size, style_dim
+        convs: list[Any] = [ConvLayer(in_channels, channels[size], 1, **kw)]
+        c = channels[size]
+        for i in range(int(math.log2(size)), 2, -1):
+            convs.append(ResBlock(c, channels[2 ** (i - 1)], **kw))
+            c = channels[2 ** (i - 1)]
+        convs.append(EqualConv2d(c, style_dim, 4, padding=0, use_bias=False, rngs=rngs,
+                                 param_dtype=param_dtype))
+        self.convs = nnx.List(convs)
+
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+        if x.ndim != 4 or x.shape[1] != self.size or x.shape[2] != self.size:
+            raise ValueError(f"EncoderApp wants images [B,{self.size},{self.size},C] (NHWC), got "
+                             f"{tuple(x.shape)}")
+        res = []
+        h = x
+        for conv in self.convs:
+            h = conv(h)
+            res.append(h)
+        w = res[-1].reshape(x.shape[0], self.style_dim)
+        return w, tuple(res[::-1][2:])
+
+
+class Conv1d(nnx.Module):
+    """Plain torch.nn.Conv1d (bias, valid padding, dilation) on [B,T,C]; weight [k, in, out]."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, dilation: int = 1,
+                 rngs: nnx.Rngs, param_dtype=jnp.float32):
+        self.dilation = dilation
+        bound = 1.0 / math.sqrt(in_channels * kernel_size)
+        self.weight = nnx.Param(uniform_init(rngs, (kernel_size, in_channels, out_channels),
+                                             bound, param_dtype))
+        self.bias = nnx.Param(uniform_init(rngs, (out_channels,), bound, param_dtype))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        out = lax.conv_general_dilated(x, self.weight[...].astype(x.dtype), (1,), "VALID",
+                                       rhs_dilation=(self.dilation,),
+                                       dimension_numbers=("NWC", "WIO", "NWC"))
+        return out + self.bias[...]
+
+
+class MappingNet(nnx.Module):
+    """PIRenderer's MappingNet: semantics [B,T,C] -> [B,D] (T 27 -> 21 -> 15 -> 9 -> 3 -> mean)."""
+
+    def __init__(self, coeff_nc: int, descriptor_nc: int, layers: int = 3, *, rngs: nnx.Rngs,
+                 param_dtype=jnp.float32):
+        self.first = Conv1d(coeff_nc, descriptor_nc, 7, rngs=rngs, param_dtype=param_dtype)
+        self.encoder = nnx.List([Conv1d(descriptor_nc, descriptor_nc, 3, dilation=3, rngs=rngs,
+                                        param_dtype=param_dtype) for _ in range(layers)])
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        out = self.first(x)
+        for conv in self.encoder:
+            out = conv(leaky_relu(out, 0.1)) + out[:, 3:-3]
+        return jnp.mean(out, axis=1)
+
+
+def _motion_fc(in_dim: int, style_dim: int, motion_dim: int, rngs, param_dtype) -> nnx.List:
+    dims = [in_dim] + [style_dim] * 4 + [motion_dim]
+    return nnx.List([EqualLinear(dims[i], dims[i + 1], rngs=rngs, param_dtype=param_dtype)
+                     for i in range(5)])
+
+
+def _apply_fc(fc, x: jax.Array) -> jax.Array:
+    for layer in fc:  # no activations (as in LIA / GoHD)
+        x = layer(x)
+    return x
+
+
+class SemanticEncoder(nnx.Module):
+    """``Encoder_with_Semantics``: net_app (E), semantics_enc (MappingNet), fc (1024 -> … -> M)."""
+
+    def __init__(self, cfg: AnimatorConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+        self.net_app = EncoderApp(cfg.size, cfg.in_channels, cfg.style_dim, cfg.channel_map(),
+                                  blur_kernel=cfg.blur_kernel, rngs=rngs, param_dtype=param_dtype)
+        self.semantics_enc = MappingNet(cfg.semantic_dim, cfg.style_dim, cfg.mapping_layers,
+                                        rngs=rngs, param_dtype=param_dtype)
+        self.fc = _motion_fc(2 * cfg.style_dim, cfg.style_dim, cfg.motion_dim, rngs, param_dtype)
+
+    def motion(self, w_s: jax.Array, semantics: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(α [B,M], MappingNet output [B,D]); a batch-1 w_s broadcasts over the semantics."""
+        h = self.semantics_enc(semantics)
+        w = jnp.broadcast_to(w_s, (h.shape[0], w_s.shape[-1])).astype(h.dtype)
+        return _apply_fc(self.fc, jnp.concatenate([w, h], axis=-1)), h
+
+
+class LIAEncoder(nnx.Module):
+    """LIA ``Encoder``: net_app (E) and fc (D -> … -> M) applied to E(image)."""
+
+    def __init__(self, cfg: AnimatorConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+        self.net_app = EncoderApp(cfg.size, cfg.in_channels, cfg.style_dim, cfg.channel_map(),
+                                  blur_kernel=cfg.blur_kernel, rngs=rngs, param_dtype=param_dtype)
+        self.fc = _motion_fc(cfg.style_dim, cfg.style_dim, cfg.motion_dim, rngs, param_dtype)
+
+    def motion_from_code(self, w: jax.Array) -> jax.Array:
+        return _apply_fc(self.fc, w)
+
+
+# ------------------------------------------------------------------------------------- decoder
+
+class Direction(nnx.Module):
+    """Motion dictionary: W [D, M] ~ N(0,1); Q = reduced QR(W + 1e-8) (Householder, as torch.qr)."""
+
+    def __init__(self, style_dim: int, motion_dim: int, *, rngs: nnx.Rngs,
+                 param_dtype=jnp.float32):
+        self.weight = nnx.Param(normal_init(rngs, (style_dim, motion_dim), param_dtype))
+
+    def __call__(self) -> jax.Array:
+        q, _ = jnp.linalg.qr(self.weight[...] + 1e-8, mode="reduced")
+        return q
+
+    @staticmethod
+    def apply(q: jax.Array, alpha: jax.Array) -> jax.Array:
+        """Σ_m α_m q_m: [B,M] -> [B,D]."""
+        return alpha @ q.T.astype(alpha.dtype)
+
+
+class SFTBlock(nnx.Module):
+    """``Fuse_sft_block``: feat + feat·scale + shift, each branch StyledConv(3x3, latent)
+    -> LeakyReLU(0.2) -> plain Conv2d 3x3 with bias."""
+
+    def __init__(self, in_channels: int, out_channels: int, style_dim: int, *,
+                 blur_kernel: Sequence[float] = DEFAULT_BLUR, rngs: nnx.Rngs,
+                 param_dtype=jnp.float32):
+        kw = dict(blur_kernel=blur_kernel, rngs=rngs, param_dtype=param_dtype)
+        self.scale1 = StyledConv(in_channels, out_channels, 3, style_dim, **kw)
+        self.scale2 = Conv2d(out_channels, out_channels, 3, padding=1, rngs=rngs,
+                             param_dtype=param_dtype)
+        self.shift1 = StyledConv(in_channels, out_channels, 3, style_dim, **kw)
+        self.shift2 = Conv2d(out_channels, out_channels, 3, padding=1, rngs=rngs,
+                             param_dtype=param_dtype)
+
+    def __call__(self, feat: jax.Array, style: jax.Array) -> jax.Array:
+        scale = self.scale2(leaky_relu(self.scale1(feat, style), 0.2))
+        shift = self.shift2(leaky_relu(self.shift1(feat, style), 0.2))
+        return feat + (feat * scale + shift)
+
+
+class Synthesis(nnx.Module):
+    """The flow-warping decoder. ``__call__(latent [B,D], feats smallest first)`` -> dict with
+    ``rgb`` and ``flow_raw`` (tuples, largest first), ``mask`` (tuple, largest first)."""
+
+    def __init__(self, cfg: AnimatorConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+        ch = cfg.channel_map()
+        kw = dict(blur_kernel=cfg.blur_kernel, rngs=rngs, param_dtype=param_dtype)
+        self.release_sft_wiring = bool(cfg.release_sft_wiring)
+        self.direction = Direction(cfg.style_dim, cfg.motion_dim, rngs=rngs,
+                                   param_dtype=param_dtype)
+        self.input = ConstantInput(ch[4], rngs=rngs, param_dtype=param_dtype)
+        self.conv1 = StyledConv(ch[4], ch[4], 3, cfg.style_dim, **kw)
+        # In the state dict but never called by the official forward; kept for weight loading.
+        self.to_rgb1 = ToRGB(ch[4], cfg.out_channels, upsample=False, **kw)
+        convs, to_rgbs, to_flows, sft, sft_levels = [], [], [], [], []
+        c_in = ch[4]
+        for level, r in enumerate(cfg.resolutions):
+            c = ch[r]
+            convs.append(StyledConv(c_in, c, 3, cfg.style_dim, upsample=True, **kw))
+            convs.append(StyledConv(c, c, 3, cfg.style_dim, **kw))
+            to_rgbs.append(ToRGB(c, cfg.out_channels, **kw))
+            to_flows.append(ToFlow(c, cfg.style_dim, **kw))
+            if cfg.use_sft and r >= cfg.sft_min_res:
+                sft.append(SFTBlock(c, c, cfg.style_dim, **kw))
+                sft_levels.append(level)
+            c_in = c
+        self.sft_levels = tuple(sft_levels)
+        self.convs = nnx.List(convs)
+        self.to_rgbs = nnx.List(to_rgbs)
+        self.to_flows = nnx.List(to_flows)
+        self.sft = nnx.List(sft)
+
+    def __call__(self, latent: jax.Array, feats: Sequence[jax.Array]) -> dict[str, Any]:
+        if len(feats) != len(self.to_flows):
+            raise ValueError(f"Synthesis wants {len(self.to_flows)} encoder features (8² … "
+                             f"size², smallest first), got {len(feats)}")
+        out = self.conv1(self.input(latent.shape[0], latent.dtype), latent)
+        rgbs, raws, masks = [], [], []
+        skip = skip_flow = None
+        for level, feat in enumerate(feats):
+            out = self.convs[2 * level](out, latent)
+            out = self.convs[2 * level + 1](out, latent)
+            warp, mask, skip_flow = self.to_flows[level](out, latent, feat, skip_flow)
+            if level in self.sft_levels:
+                refined = self.sft[self.sft_levels.index(level)](warp, latent)
+                if self.release_sft_wiring:
+                    out = refined + out * (1.0 - (warp + out * (1.0 - mask)))
+                else:
+                    out = refined + out * (1.0 - mask)
+                warp = refined
+            else:
+                out = warp + out * (1.0 - mask)
+            skip = self.to_rgbs[level](warp, skip)
+            rgbs.append(skip)
+            raws.append(skip_flow)
+            masks.append(mask)
+        return {"rgb": tuple(rgbs[::-1]), "flow_raw": tuple(raws[::-1]),
+                "mask": tuple(masks[::-1])}
+
+
+# -------------------------------------------------------------------------------------- models
+
+def _check_image(x: jax.Array, cfg: AnimatorConfig, what: str) -> None:
+    want = (cfg.size, cfg.size, cfg.in_channels)
+    if x.ndim != 4 or tuple(x.shape[1:]) != want:
+        raise ValueError(f"{what} must be [B,{cfg.size},{cfg.size},{cfg.in_channels}] (NHWC, "
+                         f"values in [-1, 1]); got shape {tuple(x.shape)}")
+
+
+class SemanticAnimator(nnx.Module):
+    """GoHD's ``Generator_Semantic``: source image + a window of 72-d semantics -> frames.
+
+    ``encode_source`` runs once per source image; ``render`` runs per frame and accepts a
+    batch-1 encoding with a batch of T semantics windows (one clip), or matching batches.
+    """
+
+    def __init__(self, config: AnimatorConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+        self.config = config
+        self.enc = SemanticEncoder(config, rngs=rngs, param_dtype=param_dtype)
+        self.dec = Synthesis(config, rngs=rngs, param_dtype=param_dtype)
+
+    def directions(self) -> jax.Array:
+        """Q [D, M], the orthonormal motion directions."""
+        return self.dec.direction()
+
+    def encode_source(self, source: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+        """source [B,S,S,3] in [-1,1] -> (w_s [B,D], feats: 8², …, S², smallest first)."""
+        _check_image(source, self.config, "source")
+        return self.enc.net_app(source)
+
+    def motion(self, w_s: jax.Array, semantics: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(α [B,M], mapping_out [B,D]) for semantics [B, window, semantic_dim]."""
+        cfg = self.config
+        if semantics.ndim != 3 or tuple(semantics.shape[1:]) != (cfg.window, cfg.semantic_dim):
+            raise ValueError(f"semantics must be [B,{cfg.window},{cfg.semantic_dim}] (time-major "
+                             f"window of descriptors); got shape {tuple(semantics.shape)}")
+        if w_s.shape[0] not in (1, semantics.shape[0]):
+            raise ValueError(f"w_s batch {w_s.shape[0]} must be 1 or the semantics batch "
+                             f"{semantics.shape[0]}")
+        return self.enc.motion(w_s, semantics.astype(w_s.dtype))
+
+    def render(self, w_s: jax.Array, feats: Sequence[jax.Array],
+               semantics: jax.Array) -> dict[str, Any]:
+        """Frames for semantics [B,27,72] from a source encoding (batch B, or 1 shared).
+
+        Returns ``rgb`` (tuple of [B,r,r,3], largest first; ``rgb[0]`` is the frame), ``flow_raw``
+        and ``mask`` (tuples, largest first), ``alpha`` [B,M], ``latent`` [B,D],
+        ``mapping_out`` [B,D].
+        """
+        alpha, mapping_out = self.motion(w_s, semantics)
+        latent = w_s + Direction.apply(self.directions(), alpha)
+        out = self.dec(latent, tuple(feats))
+        out.update(alpha=alpha, latent=latent, mapping_out=mapping_out)
+        return out
+
+    def __call__(self, source: jax.Array, semantics: jax.Array) -> dict[str, Any]:
+        """``encode_source`` then ``render``; adds ``w_s`` to the outputs."""
+        w_s, feats = self.encode_source(source)
+        out = self.render(w_s, feats, semantics)
+        out["w_s"] = w_s
+        return out
+
+
+class LIAGenerator(nnx.Module):
+    """The plain LIA ``Generator``: motion α = fc(E(driving image)).
+
+    Absolute mode: latent = w_s + Q·α_drive. Relative mode (given a start frame):
+    latent = w_s + (Q·α_drive − Q·α_start) + Q·α_source with α_source = fc(w_s).
+    """
+
+    def __init__(self, config: AnimatorConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+        self.config = config
+        self.enc = LIAEncoder(config, rngs=rngs, param_dtype=param_dtype)
+        self.dec = Synthesis(config, rngs=rngs, param_dtype=param_dtype)
+
+    def directions(self) -> jax.Array:
+        return self.dec.direction()
+
+    def encode_source(self, source: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+        _check_image(source, self.config, "source")
+        return self.enc.net_app(source)
+
+    def motion(self, image: jax.Array) -> jax.Array:
+        """α = fc(E(image)) [B,M] (the official ``enc_motion``)."""
+        _check_image(image, self.config, "driving image")
+        w, _ = self.enc.net_app(image)
+        return self.enc.motion_from_code(w)
+
+    def render(self, w_s: jax.Array, feats: Sequence[jax.Array], alpha_drive: jax.Array,
+               alpha_start: jax.Array | None = None,
+               alpha_source: jax.Array | None = None) -> dict[str, Any]:
+        q = self.directions()
+        if alpha_start is None:
+            latent = w_s + Direction.apply(q, alpha_drive)
+        else:
+            if alpha_source is None:
+                alpha_source = self.enc.motion_from_code(w_s)
+            latent = (w_s + (Direction.apply(q, alpha_drive) - Direction.apply(q, alpha_start))
+                      + Direction.apply(q, alpha_source))
+        out = self.dec(latent, tuple(feats))
+        out["latent"] = latent
+        return out
+
+    def __call__(self, source: jax.Array, drive: jax.Array,
+                 start: jax.Array | None = None) -> dict[str, Any]:
+        """The official forward; with ``start`` the relative mode (h_start = enc_motion(start))."""
+        w_s, feats = self.encode_source(source)
+        alpha_drive = self.motion(drive)
+        alpha_start = alpha_source = None
+        if start is not None:
+            alpha_start = self.motion(start)
+            alpha_source = self.enc.motion_from_code(w_s)
+        out = self.render(w_s, feats, alpha_drive, alpha_start, alpha_source)
+        out.update(w_s=w_s, alpha_drive=alpha_drive)
+        if start is not None:
+            out.update(alpha_start=alpha_start, alpha_source=alpha_source)
+        return out
