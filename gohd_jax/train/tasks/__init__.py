@@ -7,6 +7,7 @@ import importlib
 # name -> "module:Class"
 TASKS = {
     "mouth_regressor": "gohd_jax.train.tasks.mouth_regressor:MouthRegressorTask",
+    "animator": "gohd_jax.train.tasks.animator:AnimatorTask",
 }
 
 

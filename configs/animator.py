@@ -1,0 +1,49 @@
+"""The animator (GoHD's Generator_Semantic) trained as LIA: self-reconstruction GAN.
+
+    python launch/train.py --config=configs/animator.py:tiny --workdir=workdir/animator \
+        --config.data.dir=workdir/demo/data/synthetic
+
+Variants:
+  tiny      64 px, style 128, narrow channels: trains on CPU in minutes (make demo).
+  official  256 px, style 512, 20 directions (51.6 M parameters); LIA's batch 64 and
+            learning rates; give converted VGG19 weights with --config.task.vgg19_weights=PATH.
+"""
+
+import ml_collections
+
+
+def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.task_name = "animator"
+    c.seed = 0
+    c.batch_size = 8
+    c.num_steps = 600
+    c.log_every = 50
+    c.eval_every = 300
+    c.eval_steps = 4
+    c.checkpoint_every = 300
+    c.keep_checkpoints = 3
+    c.ema_decay = 0.99
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
+    c.sharding_rules = ((".*", "fsdp"),)
+    c.data = ml_collections.ConfigDict({"dir": "workdir/demo/data/synthetic", "num_workers": 0,
+                                        "heldout_fraction": 0.25})
+    c.task = ml_collections.ConfigDict()
+    c.task.model = ml_collections.ConfigDict({"preset": "tiny"})
+    # LIA: Adam(beta1=0), G lr 0.002 * 4/5, D lr 0.002 * 16/17, beta2 = 0.99 ** (those ratios).
+    c.task.g_lr = 0.002 * 4 / 5
+    c.task.d_lr = 0.002 * 16 / 17
+    c.task.g_beta2 = 0.99 ** (4 / 5)
+    c.task.d_beta2 = 0.99 ** (16 / 17)
+    c.task.vgg19_weights = ""  # path to the .npz from `python -m gohd_jax.interop.vgg19_weights`
+    c.task.loss = ml_collections.ConfigDict({"l1": 1.0, "vgg": 1.0, "ms_ssim": 1.0, "gradient": 1.0,
+                                             "gan": 0.1})
+    if variant == "official":
+        c.task.model = ml_collections.ConfigDict({"preset": "official"})
+        c.update(batch_size=64, num_steps=800_000, log_every=100, eval_every=5000, checkpoint_every=5000,
+                 ema_decay=0.999)
+        c.task.loss.gan = 1.0
+        c.data.num_workers = 8
+    elif variant != "tiny":
+        raise ValueError(f"unknown variant {variant!r}: choose tiny or official")
+    return c

@@ -1,0 +1,139 @@
+"""The animator stage: self-reconstruction GAN training of ``SemanticAnimator`` (LIA's recipe).
+
+A sample is (source frame, target frame, the target's 27-frame descriptor window) from one
+clip. The generator renders the target from the source and the window; losses (weights in
+``config.task.loss``):
+
+* ``l1``: mean |x_hat - x|;
+* ``vgg``: LIA's 4-scale x 5-slice VGG19 pyramid (weight 10 inside), when converted VGG19
+  weights are given (``config.task.vgg19_weights``; see ``gohd_jax/interop/vgg19_weights.py``);
+  without them ``ms_ssim`` (1 - MS-SSIM) and ``gradient`` (L1 of image gradients) take its
+  place, and the log says so;
+* ``gan``: non-saturating loss against a StyleGAN2 discriminator, which trains on
+  softplus(-D(x)) + softplus(D(x_hat)) (no R1, as LIA).
+
+Adam with beta1 = 0 and LIA's learning rates and beta2 (dossier 4.2); EMA of the generator.
+Eval: PSNR of the EMA generator's reconstruction of held-out identities against the
+"copy the source frame" baseline.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from data_pipelines import pipelines
+from gohd_jax.models.animator import AnimatorConfig, SemanticAnimator
+from gohd_jax.models.discriminator import Discriminator
+from gohd_jax.train import losses
+from gohd_jax.train.task import Task
+
+log = logging.getLogger("gohd_jax.train")
+
+
+def to_unit_range(images: jax.Array) -> jax.Array:
+    """uint8 [..., 3] from the pipeline -> float32 in [-1, 1]."""
+    return images.astype(jnp.float32) / 127.5 - 1.0
+
+
+def animator_config(task_cfg) -> AnimatorConfig:
+    preset = {"tiny": AnimatorConfig.tiny, "official": AnimatorConfig}[task_cfg.model.preset]
+    overrides = {k: v for k, v in task_cfg.model.items() if k != "preset"}
+    return preset(**overrides)
+
+
+class AnimatorTask(Task):
+    ema_models = ("generator",)
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model_cfg = animator_config(config.task)
+        self._vgg_params = None
+        if config.task.vgg19_weights:  # read on the host once; enters the state at init
+            from gohd_jax.interop.vgg19_weights import load_vgg19_params
+            self._vgg_params = load_vgg19_params(config.task.vgg19_weights)
+
+    def create_models(self, rngs):
+        models = {"generator": SemanticAnimator(self.model_cfg, rngs=rngs),
+                  "discriminator": Discriminator(self.model_cfg.size, channels=self.model_cfg.channel_map(),
+                                                 rngs=rngs)}
+        if self._vgg_params is not None:
+            # Frozen loss network: its weights are not nnx.Param, so they live in state.rest,
+            # are passed to the step as arguments (not baked-in constants) and get no optimizer.
+            from gohd_jax.models.vgg19 import VGG19Features
+            models["vgg"] = VGG19Features(params=self._vgg_params)
+        return models
+
+    def optimizers(self):
+        t = self.config.task
+        return {"generator": optax.adam(float(t.g_lr), b1=0.0, b2=float(t.g_beta2)),
+                "discriminator": optax.adam(float(t.d_lr), b1=0.0, b2=float(t.d_beta2))}
+
+    def _reconstruction_terms(self, ctx, state, fake, target) -> dict[str, jax.Array]:
+        w = self.config.task.loss
+        terms = {"loss_l1": losses.l1(fake, target)}
+        if "vgg" in state.rest:
+            terms["loss_vgg"] = losses.vgg_pyramid_loss(ctx.model(state, "vgg"), fake, target)
+        else:
+            if w.ms_ssim:
+                terms["loss_ms_ssim"] = losses.ms_ssim_loss(fake, target)
+            if w.gradient:
+                terms["loss_gradient"] = losses.gradient_loss(fake, target)
+        return terms
+
+    def _weight(self, name: str) -> float:
+        return float(self.config.task.loss[name[len("loss_"):]])
+
+    def train_step(self, ctx, state, batch, key):
+        del key
+        source, target = to_unit_range(batch["source"]), to_unit_range(batch["target"])
+        window = batch["descriptor_window"]
+        gan_w = float(self.config.task.loss.gan)
+
+        def g_loss(g_params):
+            fake = ctx.model(state, "generator", g_params)(source, window)["rgb"][0]
+            terms = self._reconstruction_terms(ctx, state, fake, target)
+            total = sum(self._weight(k) * v for k, v in terms.items())
+            if gan_w:
+                terms["loss_gan_g"] = losses.gan_g_loss(ctx.model(state, "discriminator")(fake))
+                total = total + gan_w * terms["loss_gan_g"]
+            return total, (terms, fake)
+
+        (loss_g, (terms, fake)), g_grads = jax.value_and_grad(g_loss, has_aux=True)(state.params["generator"])
+        state = ctx.apply_gradients(state, "generator", g_grads)
+        metrics = {"loss_g": loss_g, **terms, "psnr": losses.psnr(fake, target)}
+        if gan_w:
+            fake = jax.lax.stop_gradient(fake)
+
+            def d_loss(d_params):
+                disc = ctx.model(state, "discriminator", d_params)
+                return losses.gan_d_loss(disc(target), disc(fake))
+
+            loss_d, d_grads = jax.value_and_grad(d_loss)(state.params["discriminator"])
+            state = ctx.apply_gradients(state, "discriminator", d_grads)
+            metrics["loss_d"] = loss_d
+        return state, metrics
+
+    def reconstruct(self, ctx, state, batch) -> jax.Array:
+        """The EMA generator's rendering of the batch's targets, [B,H,W,3] in [-1, 1]."""
+        model = ctx.ema_model(state, "generator") if state.ema else ctx.model(state, "generator")
+        return model(to_unit_range(batch["source"]), batch["descriptor_window"])["rgb"][0]
+
+    def eval_step(self, ctx, state, batch):
+        source, target = to_unit_range(batch["source"]), to_unit_range(batch["target"])
+        recon = self.reconstruct(ctx, state, batch)
+        return {"psnr": losses.psnr(recon, target), "psnr_copy_source": losses.psnr(source, target),
+                "l1": losses.l1(recon, target)}
+
+    def dataset(self, split, *, seed, shard_index, shard_count):
+        return pipelines.make_dataset("animator", self.config.data.dir, seed=seed, split=split,
+                                      shard_index=shard_index, shard_count=shard_count,
+                                      heldout_fraction=float(self.config.data.heldout_fraction))
+
+    def describe(self):
+        perceptual = "VGG19 pyramid" if self._vgg_params is not None else (
+            "no VGG19 weights given: L1 + MS-SSIM + gradient losses instead of the VGG19 pyramid")
+        return {"image_size": self.model_cfg.size, "losses": perceptual}
