@@ -36,6 +36,7 @@ test-slow: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) bench/bench_data.py
 	$(PY) bench/bench_trainer.py
+	$(PY) bench/bench_animator.py
 
 clean:
 	rm -rf $(VENV) workdir
