@@ -25,7 +25,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", str(Path(__file__).resolve().parent.parent / "configs" / "synthetic.py") + ":demo",
     "Synthetic dataset config (configs/synthetic.py:VARIANT).")
 _WORKDIR = flags.DEFINE_string("workdir", "workdir/demo", "Where the dataset and outputs go.")
-_ANIMATOR_STEPS = flags.DEFINE_integer("animator_steps", 400, "Training steps of the tiny animator (0 = skip).")
+_ANIMATOR_STEPS = flags.DEFINE_integer("animator_steps", 600, "Training steps of the tiny animator (0 = skip).")
 
 
 def _preview(clips, path: Path, per_row: int = 8) -> None:

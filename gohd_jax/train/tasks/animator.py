@@ -10,7 +10,9 @@ clip. The generator renders the target from the source and the window; losses (w
   without them ``ms_ssim`` (1 - MS-SSIM) and ``gradient`` (L1 of image gradients) take its
   place, and the log says so;
 * ``gan``: non-saturating loss against a StyleGAN2 discriminator, which trains on
-  softplus(-D(x)) + softplus(D(x_hat)) (no R1, as LIA).
+  softplus(-D(x)) + softplus(D(x_hat)) (no R1, as LIA); both switch on at
+  ``config.task.gan_start_step`` (0 = from the start, as LIA; the tiny config warms up on
+  reconstruction first).
 
 Adam with beta1 = 0 and LIA's learning rates and beta2 (dossier 4.2); EMA of the generator.
 Eval: PSNR of the EMA generator's reconstruction of held-out identities against the
@@ -92,6 +94,8 @@ class AnimatorTask(Task):
         source, target = to_unit_range(batch["source"]), to_unit_range(batch["target"])
         window = batch["descriptor_window"]
         gan_w = float(self.config.task.loss.gan)
+        # The adversarial terms switch on at task.gan_start_step (a reconstruction warm-up).
+        gan_on = (state.step >= int(self.config.task.gan_start_step)).astype(jnp.float32)
 
         def g_loss(g_params):
             fake = ctx.model(state, "generator", g_params)(source, window)["rgb"][0]
@@ -99,7 +103,7 @@ class AnimatorTask(Task):
             total = sum(self._weight(k) * v for k, v in terms.items())
             if gan_w:
                 terms["loss_gan_g"] = losses.gan_g_loss(ctx.model(state, "discriminator")(fake))
-                total = total + gan_w * terms["loss_gan_g"]
+                total = total + gan_on * gan_w * terms["loss_gan_g"]
             return total, (terms, fake)
 
         (loss_g, (terms, fake)), g_grads = jax.value_and_grad(g_loss, has_aux=True)(state.params["generator"])
@@ -113,6 +117,7 @@ class AnimatorTask(Task):
                 return losses.gan_d_loss(disc(target), disc(fake))
 
             loss_d, d_grads = jax.value_and_grad(d_loss)(state.params["discriminator"])
+            d_grads = jax.tree_util.tree_map(lambda g: gan_on * g, d_grads)  # Adam(b1=0): zero step
             state = ctx.apply_gradients(state, "discriminator", d_grads)
             metrics["loss_d"] = loss_d
         return state, metrics
