@@ -136,30 +136,29 @@ class _SafeFunction(_Frozen):
         return f"<allowed global {self.qualname}>"
 
 
-class _StorageType(_Frozen):
+class _NamedDtype(_Frozen):
+    """A torch name standing for a numpy dtype (base of the two kinds below)."""
+
+    __slots__ = ("name", "dtype")
+
+    def __init__(self, name: str, dtype):
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "dtype", np.dtype(dtype))
+
+    def __repr__(self):
+        return f"<torch.{self.name}>"
+
+
+class _StorageType(_NamedDtype):
     """``torch.FloatStorage`` & co: only names a dtype (the persistent id carries the data)."""
 
-    __slots__ = ("name", "dtype")
-
-    def __init__(self, name: str, dtype):
-        object.__setattr__(self, "name", name)
-        object.__setattr__(self, "dtype", np.dtype(dtype))
-
-    def __repr__(self):
-        return f"<torch.{self.name}>"
+    __slots__ = ()
 
 
-class _TorchDtype(_Frozen):
+class _TorchDtype(_NamedDtype):
     """``torch.float32`` & co, as the numpy dtype they map to."""
 
-    __slots__ = ("name", "dtype")
-
-    def __init__(self, name: str, dtype):
-        object.__setattr__(self, "name", name)
-        object.__setattr__(self, "dtype", np.dtype(dtype))
-
-    def __repr__(self):
-        return f"<torch.{self.name}>"
+    __slots__ = ()
 
 
 class _TensorType(_Frozen):

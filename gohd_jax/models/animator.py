@@ -41,7 +41,7 @@ from gohd_jax.nn.stylegan import (DEFAULT_BLUR, ConstantInput, Conv2d, ConvLayer
                                   EqualLinear, ResBlock, StyledConv, ToFlow, ToRGB, leaky_relu,
                                   normal_init, uniform_init)
 
-__all__ = ["OFFICIAL_CHANNELS", "AnimatorConfig", "EncoderApp", "Conv1d", "MappingNet",
+__all__ = ["OFFICIAL_CHANNELS", "resolve_channels", "AnimatorConfig", "EncoderApp", "Conv1d", "MappingNet",
            "SemanticEncoder", "LIAEncoder", "Direction", "SFTBlock", "Synthesis",
            "SemanticAnimator", "LIAGenerator"]
 
@@ -49,6 +49,17 @@ __all__ = ["OFFICIAL_CHANNELS", "AnimatorConfig", "EncoderApp", "Conv1d", "Mappi
 OFFICIAL_CHANNELS = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256, 128: 128, 256: 64, 512: 32,
                      1024: 16}
 
+
+
+def resolve_channels(channels, channel_multiplier: int = 1, channel_scale: float = 1.0) -> dict[int, int]:
+    """{resolution: channels}: explicit ``((res, ch), ...)`` pairs, or ``OFFICIAL_CHANNELS`` with
+    the entries at resolution >= 64 times ``channel_multiplier``; every entry times
+    ``channel_scale`` (rounded, at least 1). Shared by the animator and the discriminator."""
+    if channels is not None:
+        chans = {int(r): int(c) for r, c in channels}
+    else:
+        chans = {r: (c * channel_multiplier if r >= 64 else c) for r, c in OFFICIAL_CHANNELS.items()}
+    return {r: max(1, int(round(c * channel_scale))) for r, c in chans.items()}
 
 @dataclass(frozen=True)
 class AnimatorConfig:
@@ -101,12 +112,7 @@ class AnimatorConfig:
 
     # ---- derived
     def channel_map(self) -> dict[int, int]:
-        if self.channels is not None:
-            chans = {int(r): int(c) for r, c in self.channels}
-        else:
-            chans = {r: (c * self.channel_multiplier if r >= 64 else c)
-                     for r, c in OFFICIAL_CHANNELS.items()}
-        return {r: max(1, int(round(c * self.channel_scale))) for r, c in chans.items()}
+        return resolve_channels(self.channels, self.channel_multiplier, self.channel_scale)
 
     @property
     def log_size(self) -> int:

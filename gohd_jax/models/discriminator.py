@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gohd_jax.models.animator import OFFICIAL_CHANNELS
+from gohd_jax.models.animator import resolve_channels
 from gohd_jax.nn.stylegan import DEFAULT_BLUR, ConvLayer, EqualLinear, ResBlock
 
 __all__ = ["DiscriminatorConfig", "Discriminator", "minibatch_stddev"]
@@ -56,12 +56,7 @@ class DiscriminatorConfig:
         return cls(**{**base, **overrides})
 
     def channel_map(self) -> dict[int, int]:
-        if self.channels is not None:
-            chans = {int(r): int(c) for r, c in self.channels}
-        else:
-            chans = {r: (c * self.channel_multiplier if r >= 64 else c)
-                     for r, c in OFFICIAL_CHANNELS.items()}
-        return {r: max(1, int(round(c * self.channel_scale))) for r, c in chans.items()}
+        return resolve_channels(self.channels, self.channel_multiplier, self.channel_scale)
 
 
 def minibatch_stddev(x: jax.Array, group: int = 4, features: int = 1) -> jax.Array:
