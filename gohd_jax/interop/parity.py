@@ -219,6 +219,20 @@ def _check_lia_generator(io, state_dict, fp64):
     return animator_weights.parity_lia_generator(io, state_dict, fp64)
 
 
+@register("pose_diffusion")
+def _check_pose_diffusion(io, state_dict, fp64):
+    from gohd_jax.interop import motion_weights
+
+    return motion_weights.parity_pose_diffusion(io, state_dict, fp64)
+
+
+@register("gaze_diffusion")
+def _check_gaze_diffusion(io, state_dict, fp64):
+    from gohd_jax.interop import motion_weights
+
+    return motion_weights.parity_gaze_diffusion(io, state_dict, fp64)
+
+
 # Manifest `module` (its first word) -> kind. LDA serves two kinds: see _detect_kind.
 _MODULES = {
     "networks.generator.Generator_Semantic": "animator",

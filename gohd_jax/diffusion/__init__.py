@@ -1,0 +1,1 @@
+"""Diffusion samplers for the pose / gaze denoisers."""
