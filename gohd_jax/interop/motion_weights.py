@@ -13,10 +13,8 @@ slopes (H, 1, 1) -> (H,); LayerNorm weight -> scale.
 
 from __future__ import annotations
 
-import time
 from typing import Any, Iterator, Mapping
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
