@@ -205,32 +205,23 @@ def _check_audio_features(io, state_dict, fp64):
     return audio.audio_features(wav)
 
 
-@register("animator")
-def _check_animator(io, state_dict, fp64):
-    from gohd_jax.interop import animator_weights
+def _lazy_checker(module: str, function: str) -> Checker:
+    """A checker that imports ``gohd_jax.interop.<module>`` only when its kind is checked
+    (the ports pull in JAX models; the audio check must not pay for them)."""
+    def check(io, state_dict, fp64):
+        import importlib
 
-    return animator_weights.parity_animator(io, state_dict, fp64)
-
-
-@register("lia_generator")
-def _check_lia_generator(io, state_dict, fp64):
-    from gohd_jax.interop import animator_weights
-
-    return animator_weights.parity_lia_generator(io, state_dict, fp64)
+        return getattr(importlib.import_module(f"gohd_jax.interop.{module}"), function)(io, state_dict, fp64)
+    return check
 
 
-@register("pose_diffusion")
-def _check_pose_diffusion(io, state_dict, fp64):
-    from gohd_jax.interop import motion_weights
-
-    return motion_weights.parity_pose_diffusion(io, state_dict, fp64)
-
-
-@register("gaze_diffusion")
-def _check_gaze_diffusion(io, state_dict, fp64):
-    from gohd_jax.interop import motion_weights
-
-    return motion_weights.parity_gaze_diffusion(io, state_dict, fp64)
+# Ported kinds whose checkers live next to their weight converters.
+for _kind, _module, _function in (
+        ("animator", "animator_weights", "parity_animator"),
+        ("lia_generator", "animator_weights", "parity_lia_generator"),
+        ("pose_diffusion", "motion_weights", "parity_pose_diffusion"),
+        ("gaze_diffusion", "motion_weights", "parity_gaze_diffusion")):
+    register(_kind)(_lazy_checker(_module, _function))
 
 
 # Manifest `module` (its first word) -> kind. LDA serves two kinds: see _detect_kind.

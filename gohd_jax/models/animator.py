@@ -363,16 +363,15 @@ def _check_image(x: jax.Array, cfg: AnimatorConfig, what: str) -> None:
                          f"values in [-1, 1]); got shape {tuple(x.shape)}")
 
 
-class SemanticAnimator(nnx.Module):
-    """GoHD's ``Generator_Semantic``: source image + a window of 72-d semantics -> frames.
+class _WarpingGenerator(nnx.Module):
+    """What GoHD's and LIA's generators share: an encoder ``enc`` (with the appearance
+    encoder ``enc.net_app``) and the flow-warping decoder ``dec``."""
 
-    ``encode_source`` runs once per source image; ``render`` runs per frame and accepts a
-    batch-1 encoding with a batch of T semantics windows (one clip), or matching batches.
-    """
+    _encoder_cls: type
 
     def __init__(self, config: AnimatorConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
         self.config = config
-        self.enc = SemanticEncoder(config, rngs=rngs, param_dtype=param_dtype)
+        self.enc = self._encoder_cls(config, rngs=rngs, param_dtype=param_dtype)
         self.dec = Synthesis(config, rngs=rngs, param_dtype=param_dtype)
 
     def directions(self) -> jax.Array:
@@ -383,6 +382,16 @@ class SemanticAnimator(nnx.Module):
         """source [B,S,S,3] in [-1,1] -> (w_s [B,D], feats: 8², …, S², smallest first)."""
         _check_image(source, self.config, "source")
         return self.enc.net_app(source)
+
+
+class SemanticAnimator(_WarpingGenerator):
+    """GoHD's ``Generator_Semantic``: source image + a window of 72-d semantics -> frames.
+
+    ``encode_source`` runs once per source image; ``render`` runs per frame and accepts a
+    batch-1 encoding with a batch of T semantics windows (one clip), or matching batches.
+    """
+
+    _encoder_cls = SemanticEncoder
 
     def motion(self, w_s: jax.Array, semantics: jax.Array) -> tuple[jax.Array, jax.Array]:
         """(α [B,M], mapping_out [B,D]) for semantics [B, window, semantic_dim]."""
@@ -417,24 +426,14 @@ class SemanticAnimator(nnx.Module):
         return out
 
 
-class LIAGenerator(nnx.Module):
+class LIAGenerator(_WarpingGenerator):
     """The plain LIA ``Generator``: motion α = fc(E(driving image)).
 
     Absolute mode: latent = w_s + Q·α_drive. Relative mode (given a start frame):
     latent = w_s + (Q·α_drive − Q·α_start) + Q·α_source with α_source = fc(w_s).
     """
 
-    def __init__(self, config: AnimatorConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
-        self.config = config
-        self.enc = LIAEncoder(config, rngs=rngs, param_dtype=param_dtype)
-        self.dec = Synthesis(config, rngs=rngs, param_dtype=param_dtype)
-
-    def directions(self) -> jax.Array:
-        return self.dec.direction()
-
-    def encode_source(self, source: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ...]]:
-        _check_image(source, self.config, "source")
-        return self.enc.net_app(source)
+    _encoder_cls = LIAEncoder
 
     def motion(self, image: jax.Array) -> jax.Array:
         """α = fc(E(image)) [B,M] (the official ``enc_motion``)."""
