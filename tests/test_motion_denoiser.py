@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from gohd_jax.diffusion import ddpm
+from gohd_jax.diffusion import samplers
 from gohd_jax.interop import motion_weights, oracle_weights, parity
 from gohd_jax.models.motion_denoiser import MotionDenoiser, MotionDenoiserConfig, step_table
 from gohd_jax.nn import tisa
@@ -105,12 +105,12 @@ def test_ddpm_tiny_jit_sampler():
     cfg, model = _tiny()
     model.output_projection.kernel.value = 0.05 * jnp.ones_like(model.output_projection.kernel[...])
     _, lc, gc = _inputs(cfg, b=1, t=8)
-    out = ddpm.sample(model, lc, gc, key=jax.random.key(0), return_trace=True)
+    out = samplers.sample(model, lc, gc, key=jax.random.key(0), return_trace=True)
     assert out["x_in"].shape == (150, 1, 8, cfg.in_channels)
     np.testing.assert_array_equal(np.asarray(out["T"]), np.arange(149, -1, -1))
     assert float(jnp.abs(out["clamped"]).max()) <= 1.0
     # the recursion: x_{n-1} = c1 (x_n - c2 eps_n) + sigma_n z  (check the last, noise-free step)
-    co = ddpm.coefficients(ddpm.linear_betas())
+    co = samplers.coefficients(samplers.linear_betas())
     x0, e0 = np.asarray(out["x_in"][-1]), np.asarray(out["eps"][-1])
     np.testing.assert_allclose(out["preclamp"], co["c1"][0] * (x0 - co["c2"][0] * e0), atol=1e-5)
 

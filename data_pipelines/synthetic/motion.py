@@ -6,8 +6,9 @@ What depends on the audio (so that a model can learn it from the mel spectrogram
   coarticulation model (Cohen & Massaro): each segment pulls towards its articulation target with a
   weight alpha * exp(-distance_to_segment / tau) (tau 18 ms for the jaw, 40 ms for width and
   rounding); lip closures (p, m, ...) dominate, so the lips shut for plosives, nasals and silence;
-* head nods: pitch gets a damped oscillation (1.8 Hz, 0.22 s decay, nose down first) starting 30 ms
-  before each stressed vowel, scaled by its stress strength; roll gets a smaller one with a random sign;
+* head nods: pitch gets a damped oscillation (1.8 Hz, 0.22 s decay, nose down first) whose apex (the
+  first turning point, where the head is momentarily still) falls 30 ms before each stressed vowel,
+  scaled by its stress strength; roll gets a smaller one with a random sign starting 30 ms before;
 * brows rise briefly on about 60 % of stressed syllables.
 
 What does not (separate random streams that never see the audio):
@@ -53,7 +54,8 @@ ARTICULATION = np.array([
 DOMINANCE = np.array([0.5, 1, 1, 1, 1, 1, 2.0, 1.5, 2.5, 2.5, 2.5, 1.2, 1.8], np.float64)
 RELEASE_TARGET = np.array([0.25, 0.10, 0.00])  # plosive burst: lips just parting
 RELEASE_DOMINANCE = 0.3
-COARTICULATION_TAU = (0.018, 0.04, 0.04)  # s, per driver (jaw, width, round): rounding anticipates more
+COARTICULATION_TAU = (0.018, 0.04, 0.04)
+NOD_LEAD_S = 0.105 + 0.03  # nod start before the stressed vowel onset: apex (at 0.105 s) 30 ms early  # s, per driver (jaw, width, round): rounding anticipates more
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,7 +188,9 @@ def generate_motion(speech: SpeechTrack, seed: int, clip_index: int) -> MotionTr
     tx_d, ty_d, tz_d = (smooth_noise(rh, T, s) for s in (40.0, 40.0, 60.0))
     tz0 = rh.normal(0.0, 0.03)
     signs = rh.choice([-1.0, 1.0], size=1024)
-    nod = _impulse_train(onsets - 0.03, 0.14 * nod_gain * levels, T, _nod_kernel)
+    # The nod's apex (its first turning point, 0.105 s into the kernel: the head is still there)
+    # falls 30 ms before the stressed vowel, as beat gestures peak on the stressed syllable.
+    nod = _impulse_train(onsets - NOD_LEAD_S, 0.14 * nod_gain * levels, T, _nod_kernel)
     tilt_sign = signs[np.arange(len(levels)) % len(signs)]
     tilt = _impulse_train(onsets - 0.03, 0.035 * levels * tilt_sign, T, _roll_kernel)
     yaw = yaw0 + 0.12 * yaw_d

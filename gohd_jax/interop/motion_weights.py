@@ -171,13 +171,13 @@ def run_single(model: MotionDenoiser, io: Mapping[str, np.ndarray]) -> dict[str,
 def run_sampler(model: MotionDenoiser, io: Mapping[str, np.ndarray], *,
                 residual_pose: bool) -> dict[str, np.ndarray]:
     """The official 150-step ancestral sampler with the oracle's injected noise."""
-    from gohd_jax.diffusion import ddpm
+    from gohd_jax.diffusion import samplers
 
     lc = np.asarray(io["sampler_local_cond"], np.float32)
     gc = np.asarray(io["sampler_global_cond"], np.float32)
     if lc.ndim == 2:
         lc, gc = lc[None], gc[None]
-    res = ddpm.sample(model, jnp.asarray(lc), jnp.asarray(gc),
+    res = samplers.sample(model, jnp.asarray(lc), jnp.asarray(gc),
                       noise_init=jnp.asarray(io["sampler_noise_init"], jnp.float32),
                       noise_steps=jnp.asarray(io["sampler_noise_steps"], jnp.float32),
                       betas=np.asarray(io["sampler_beta"], np.float32), return_trace=True)

@@ -86,6 +86,8 @@ class AnimatorConfig:
     use_sft: bool = True
     sft_min_res: int = 64
     release_sft_wiring: bool = False
+    flow_init_gain: float = 1.0
+    mask_init_bias: float = 0.0
     blur_kernel: tuple[int, ...] = DEFAULT_BLUR
 
     def __post_init__(self):
@@ -315,7 +317,8 @@ class Synthesis(nnx.Module):
             convs.append(StyledConv(c_in, c, 3, cfg.style_dim, upsample=True, **kw))
             convs.append(StyledConv(c, c, 3, cfg.style_dim, **kw))
             to_rgbs.append(ToRGB(c, cfg.out_channels, **kw))
-            to_flows.append(ToFlow(c, cfg.style_dim, **kw))
+            to_flows.append(ToFlow(c, cfg.style_dim, init_gain=cfg.flow_init_gain,
+                                   mask_init_bias=cfg.mask_init_bias, **kw))
             if cfg.use_sft and r >= cfg.sft_min_res:
                 sft.append(SFTBlock(c, c, cfg.style_dim, **kw))
                 sft_levels.append(level)

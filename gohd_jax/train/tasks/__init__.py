@@ -8,6 +8,7 @@ import importlib
 TASKS = {
     "mouth_regressor": "gohd_jax.train.tasks.mouth_regressor:MouthRegressorTask",
     "animator": "gohd_jax.train.tasks.animator:AnimatorTask",
+    "motion_diffusion": "gohd_jax.train.tasks.motion_diffusion:MotionDiffusionTask",
 }
 
 

@@ -1,0 +1,107 @@
+"""Pose / gaze for audio of any length: windows with a one-frame overlap, at constant memory.
+
+As the official ``inference.py: get_target_seqs``: frame 0 of the output is the given first
+frame (the source's pose0 / gaze0). Windows start at frames 0, L-1, 2(L-1), ... and span L frames;
+each generates its L-1 new frames (the condition of its first, shared frame is dropped) while
+conditioned on the previous window's last generated frame as pose0 / gaze0, and for pose adds it
+back (residual head pose). So consecutive windows share one frame and the motion carries across.
+
+Memory: the host loop moves one window's condition [B, L-1, Dl] to the devices and one window's
+result back, so device memory does not grow with the clip length; every window has the same
+shape (the last one's condition is padded by repeating its final frame, and the padded outputs
+are dropped), so the sampler compiles once. This padding is the one difference from the release,
+whose last window is shorter.
+
+The window's key is ``fold_in(key, window_index)``: a fresh initial noise per window, as the
+release draws, reproducible from one seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from gohd_jax.diffusion import samplers
+
+__all__ = ["WindowSampler", "iter_windows", "generate_long", "window_starts"]
+
+
+def window_starts(num_frames: int, window: int) -> list[int]:
+    """First frame of every window (stride window - 1) that still has new frames to make."""
+    if window < 2:
+        raise ValueError(f"window must be >= 2 frames (one shared + new ones), got {window}")
+    return list(range(0, max(num_frames - 1, 0), window - 1))
+
+
+class WindowSampler:
+    """One jitted window: (local_cond [B,L-1,Dl], previous frame [B,C], key) -> frames [B,L-1,C].
+
+    ``residual``: the output is added to the previous frame (pose); else absolute (gaze). The
+    previous frame is also the global condition. Inputs may be sharded over the batch (e.g.
+    ``parallel.batch_sharding``); the result keeps that sharding.
+    """
+
+    def __init__(self, model: nnx.Module, *, spec: samplers.SamplerSpec = samplers.SamplerSpec(),
+                 residual: bool, betas=None):
+        self.graphdef, self.state = nnx.split(model)
+        self.channels = model.cfg.in_channels
+        self.spec, self.residual = spec, residual
+        self.chain = samplers.chain_for(spec, betas)
+        self._fn = jax.jit(self._window)
+
+    def _window(self, state, cond, prev, key):
+        model = nnx.merge(self.graphdef, state)
+        b, t = cond.shape[:2]
+        x0, z = samplers.draw_noise(key, len(self.chain["n"]), (b, t, self.channels))
+        x, _ = samplers.run_chain(model, x0, self.chain, z, cond, prev)
+        x = jnp.clip(x, -1.0, 1.0)
+        return x + prev[:, None, :] if self.residual else x
+
+    def __call__(self, cond: jax.Array, prev: jax.Array, key: jax.Array) -> jax.Array:
+        return self._fn(self.state, cond, prev, key)
+
+    def cache_size(self) -> int:
+        """How many shapes the window function has compiled for (1 for any clip length)."""
+        return self._fn._cache_size()
+
+
+def iter_windows(sampler: WindowSampler, local_cond, first, *, window: int, key: jax.Array,
+                 put: Callable[[np.ndarray], jax.Array] | None = None
+                 ) -> Iterator[tuple[int, np.ndarray]]:
+    """Yields ``(start, frames)``: frames [B, n, C] (host numpy) for output frames
+    ``start .. start+n-1``; the first item is ``(0, first[:, None])``.
+
+    ``local_cond`` [B,T,Dl] (host numpy or any array; read one window at a time), ``first`` [B,C].
+    ``put`` places a host array on the devices (default ``jnp.asarray``; pass e.g.
+    ``lambda a: jax.device_put(a, batch_sharding(mesh, a.ndim))`` to shard the batch).
+    """
+    put = put or jnp.asarray
+    b, t = local_cond.shape[:2]
+    first = np.asarray(first, np.float32)
+    if first.shape != (b, sampler.channels):
+        raise ValueError(f"first frame must be [B={b}, C={sampler.channels}], got {first.shape}")
+    yield 0, first[:, None, :]
+    prev = put(first)
+    new = window - 1
+    for w, start in enumerate(window_starts(t, window)):
+        lo, hi = start + 1, min(start + window, t)
+        cond = np.asarray(local_cond[:, lo:hi], np.float32)
+        if hi - lo < new:  # the last window: repeat its final frame to the common shape
+            cond = np.concatenate([cond, np.repeat(cond[:, -1:], new - (hi - lo), axis=1)], axis=1)
+        out = sampler(put(cond), prev, jax.random.fold_in(key, w))
+        prev = out[:, hi - lo - 1]
+        yield lo, np.asarray(out[:, : hi - lo])
+
+
+def generate_long(sampler: WindowSampler, local_cond, first, *, key: jax.Array, window: int = 150,
+                  put=None) -> np.ndarray:
+    """The whole [B,T,C] motion (host numpy) for ``local_cond`` [B,T,Dl] from ``first`` [B,C]."""
+    b, t = local_cond.shape[:2]
+    out = np.empty((b, t, sampler.channels), np.float32)
+    for start, frames in iter_windows(sampler, local_cond, first, window=window, key=key, put=put):
+        out[:, start:start + frames.shape[1]] = frames
+    return out
