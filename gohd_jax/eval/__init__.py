@@ -1,0 +1,1 @@
+"""Evaluation metrics (reconstruction, lip sync, head-motion rhythm and realism, control accuracy)."""
