@@ -109,15 +109,17 @@ def _motion_report(trainer, data_dir: Path, target: str, path: Path) -> str:
 
     model = trainer.ctx.ema_model(trainer.final_state, "denoiser")
     held = motion_eval.heldout_motion(data_dir)
+    cfg = trainer.config
     gen = motion_eval.generate_motion(model, held["cond"], held[target][:, 0], residual=target == "pose",
-                                      key=jax.random.key(0), spec=samplers.SamplerSpec("ddim", 25))
+                                      key=jax.random.key(0), spec=samplers.SamplerSpec("ddim", 25),
+                                      window=int(cfg.data.window), data_scale=float(cfg.task.data_scale))
     np.savez(path, generated=gen, ground_truth=held[target])
     if target == "gaze":
         err = float(np.abs(gen - held["gaze"]).mean())
         return (f"held-out gaze: {len(gen)} clips sampled (DDIM-25); temporal std {gen.std(1).mean():.3f} rad "
                 f"(ground truth {held['gaze'].std(1).mean():.3f}); mean |error| {err:.3f} rad")
     rep = motion_eval.motion_report(gen, held["pose"], held["cond"])
-    lines = [f"held-out pose, {len(gen)} clips sampled with DDIM-25 in 150-frame windows:",
+    lines = [f"held-out pose, {len(gen)} clips sampled with DDIM-25 in {cfg.data.window}-frame windows:",
              "  method         beat alignment (higher better)   Frechet distance (lower better)   diversity"]
     for name in ("generated", "still", "random_walk", "ground_truth"):
         r = rep[name]

@@ -41,15 +41,17 @@ class WindowSampler:
     """One jitted window: (local_cond [B,L-1,Dl], previous frame [B,C], key) -> frames [B,L-1,C].
 
     ``residual``: the output is added to the previous frame (pose); else absolute (gaze). The
-    previous frame is also the global condition. Inputs may be sharded over the batch (e.g.
-    ``parallel.batch_sharding``); the result keeps that sharding.
+    previous frame is also the global condition. ``data_scale``: the model works on motion x
+    ``data_scale`` (1 for the official weights; see ``MotionDiffusionTask``): the global
+    condition is multiplied by it and the clamped sample divided by it. Inputs may be sharded
+    over the batch (e.g. ``parallel.batch_sharding``); the result keeps that sharding.
     """
 
     def __init__(self, model: nnx.Module, *, spec: samplers.SamplerSpec = samplers.SamplerSpec(),
-                 residual: bool, betas=None):
+                 residual: bool, data_scale: float = 1.0, betas=None):
         self.graphdef, self.state = nnx.split(model)
         self.channels = model.cfg.in_channels
-        self.spec, self.residual = spec, residual
+        self.spec, self.residual, self.data_scale = spec, residual, float(data_scale)
         self.chain = samplers.chain_for(spec, betas)
         self._fn = jax.jit(self._window)
 
@@ -57,8 +59,8 @@ class WindowSampler:
         model = nnx.merge(self.graphdef, state)
         b, t = cond.shape[:2]
         x0, z = samplers.draw_noise(key, len(self.chain["n"]), (b, t, self.channels))
-        x, _ = samplers.run_chain(model, x0, self.chain, z, cond, prev)
-        x = jnp.clip(x, -1.0, 1.0)
+        x, _ = samplers.run_chain(model, x0, self.chain, z, cond, prev * self.data_scale)
+        x = jnp.clip(x, -1.0, 1.0) / self.data_scale
         return x + prev[:, None, :] if self.residual else x
 
     def __call__(self, cond: jax.Array, prev: jax.Array, key: jax.Array) -> jax.Array:

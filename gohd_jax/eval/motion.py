@@ -166,7 +166,8 @@ def heldout_motion(data_dir, *, heldout_fraction: float = 0.25, condition: str =
 
 
 def generate_motion(model, cond: np.ndarray, first: np.ndarray, *, residual: bool, key,
-                    window: int = 150, spec=None, batch_size: int = 32) -> np.ndarray:
+                    window: int = 150, spec=None, batch_size: int = 32,
+                    data_scale: float = 1.0) -> np.ndarray:
     """Samples [N,T,C] motion for conds [N,T,320] from first frames [N,C], batch_size clips at a
     time, with the long-audio windowing (``diffusion.windowing``)."""
     import jax
@@ -174,7 +175,7 @@ def generate_motion(model, cond: np.ndarray, first: np.ndarray, *, residual: boo
     from gohd_jax.diffusion import samplers, windowing
 
     spec = spec or samplers.SamplerSpec()
-    sampler = windowing.WindowSampler(model, spec=spec, residual=residual)
+    sampler = windowing.WindowSampler(model, spec=spec, residual=residual, data_scale=data_scale)
     return np.concatenate([
         windowing.generate_long(sampler, cond[b0:b0 + batch_size], first[b0:b0 + batch_size],
                                 key=jax.random.fold_in(key, b0), window=window)

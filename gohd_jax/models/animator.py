@@ -66,6 +66,10 @@ class AnimatorConfig:
     """Architecture of the animator (and of the plain LIA generator, which ignores the
     semantics fields).
 
+    ``identity_init`` (training from scratch): the decoder starts by warping the source with the
+    identity field and passing it through (see ``Synthesis._identity_init``); off for the
+    official init and for loading weights, which overwrite it anyway.
+
     Channels per resolution: ``channels`` (explicit ``((res, ch), …)`` pairs covering 4 … size)
     or else ``OFFICIAL_CHANNELS`` with the entries at resolution ≥ 64 times
     ``channel_multiplier``, every entry times ``channel_scale`` (rounded, at least 1). Encoder and
@@ -86,8 +90,7 @@ class AnimatorConfig:
     use_sft: bool = True
     sft_min_res: int = 64
     release_sft_wiring: bool = False
-    flow_init_gain: float = 1.0
-    mask_init_bias: float = 0.0
+    identity_init: bool = False
     blur_kernel: tuple[int, ...] = DEFAULT_BLUR
 
     def __post_init__(self):
@@ -317,8 +320,7 @@ class Synthesis(nnx.Module):
             convs.append(StyledConv(c_in, c, 3, cfg.style_dim, upsample=True, **kw))
             convs.append(StyledConv(c, c, 3, cfg.style_dim, **kw))
             to_rgbs.append(ToRGB(c, cfg.out_channels, **kw))
-            to_flows.append(ToFlow(c, cfg.style_dim, init_gain=cfg.flow_init_gain,
-                                   mask_init_bias=cfg.mask_init_bias, **kw))
+            to_flows.append(ToFlow(c, cfg.style_dim, **kw))
             if cfg.use_sft and r >= cfg.sft_min_res:
                 sft.append(SFTBlock(c, c, cfg.style_dim, **kw))
                 sft_levels.append(level)
@@ -328,6 +330,20 @@ class Synthesis(nnx.Module):
         self.to_rgbs = nnx.List(to_rgbs)
         self.to_flows = nnx.List(to_flows)
         self.sft = nnx.List(sft)
+        if cfg.identity_init:
+            self._identity_init()
+
+    def _identity_init(self) -> None:
+        """Start from "pass the source through": every ToFlow field at zero (sampling grid =
+        identity), its mask logit bias at +3 (the logit accumulates over scales: mask >= 0.95), every SFT branch's last conv at zero
+        (SFT = identity). Training from scratch only; the official init is random."""
+        for flow in self.to_flows:
+            flow.conv.weight[...] = jnp.zeros_like(flow.conv.weight[...])
+            flow.bias[...] = jnp.array([0.0, 0.0, 3.0], flow.bias[...].dtype)
+        for block in self.sft:
+            for conv in (block.scale2, block.shift2):
+                conv.weight[...] = jnp.zeros_like(conv.weight[...])
+                conv.bias[...] = jnp.zeros_like(conv.bias[...])
 
     def __call__(self, latent: jax.Array, feats: Sequence[jax.Array]) -> dict[str, Any]:
         if len(feats) != len(self.to_flows):

@@ -457,23 +457,15 @@ class ToFlow(nnx.Module):
 
     Returns ``(warped, mask, raw)``: warped = grid_sample(feat, grid)·mask [B,H,W,C_feat],
     mask [B,H,W,1], raw [B,H,W,3] (the pre-activation field the next scale upsamples).
-
-    ``init_gain`` scales the initial 1x1 weight (the official init is 1: a random field whose
-    tanh displaces samples by a large fraction of the image at step 0; training from scratch can
-    start near the identity warp instead). ``mask_init_bias`` is the initial bias of the mask
-    logit (official 0: mask 0.5; positive starts by passing the warped source through).
     """
 
     def __init__(self, in_channels: int, style_dim: int, *, upsample: bool = True,
-                 init_gain: float = 1.0, mask_init_bias: float = 0.0,
                  blur_kernel: Sequence[float] = DEFAULT_BLUR, rngs: nnx.Rngs,
                  param_dtype=jnp.float32):
         self.upsample = Upsample(blur_kernel) if upsample else None
         self.conv = ModulatedConv2d(in_channels, 3, 1, style_dim, demodulate=False, rngs=rngs,
                                     param_dtype=param_dtype)
-        if init_gain != 1.0:  # scaled initial field: 0 = identity warp and mask 0.5 at init
-            self.conv.weight[...] = self.conv.weight[...] * init_gain
-        self.bias = nnx.Param(jnp.array([0.0, 0.0, mask_init_bias], param_dtype))
+        self.bias = nnx.Param(jnp.zeros((3,), param_dtype))
 
     def __call__(self, x: jax.Array, style: jax.Array, feat: jax.Array,
                  skip: jax.Array | None = None):

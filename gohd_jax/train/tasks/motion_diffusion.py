@@ -11,6 +11,11 @@ Objective (LDA's, dossier 6.2): t ~ U{0..N-1}, eps ~ N(0, I),
 x_t = sqrt(alpha_cum_t) x0 + sqrt(1 - alpha_cum_t) eps, loss = mean (eps_hat(x_t, t) - eps)^2
 over the 150-step linear schedule 1e-4..0.05.
 
+Option ``config.task.data_scale`` (default 1, as the release): the model learns motion x
+data_scale (target and global condition), for data whose motion is small next to the unit noise
+(the synthetic heads move by a few hundredths of a radian); samplers divide it back out
+(``WindowSampler(data_scale=...)``). Values beyond +-1 / data_scale are clamped by the sampler.
+
 Option ``config.task.cond_dropout`` (default 0, the release has no guidance): with that
 probability per sample, the mel and global conditions are zeroed, which trains the
 unconditional branch classifier-free guidance needs.
@@ -72,11 +77,15 @@ class MotionDiffusionTask(Task):
             opt = optax.chain(optax.clip_by_global_norm(float(t.grad_clip)), opt)
         return {"denoiser": opt}
 
+    @property
+    def data_scale(self) -> float:
+        return float(self.config.task.get("data_scale", 1.0))
+
     def _loss(self, model, batch, t, eps, drop=None):
-        x0 = batch[self.x_key]
+        x0 = batch[self.x_key] * self.data_scale
         ac = jnp.asarray(self.alpha_cum, jnp.float32)[t][:, None, None]
         xt = jnp.sqrt(ac) * x0 + jnp.sqrt(1.0 - ac) * eps
-        cond, g = batch["cond"], batch[self.g_key]
+        cond, g = batch["cond"], batch[self.g_key] * self.data_scale
         if drop is not None:
             cond = jnp.where(drop[:, None, None], 0.0, cond)
             g = jnp.where(drop[:, None], 0.0, g)
@@ -116,4 +125,5 @@ class MotionDiffusionTask(Task):
     def describe(self):
         c = self.model_cfg
         return {"target": self.config.task.target, "layers": c.residual_layers,
-                "channels": c.residual_channels, "cond_dropout": float(self.config.task.cond_dropout)}
+                "channels": c.residual_channels, "data_scale": self.data_scale,
+                "cond_dropout": float(self.config.task.cond_dropout)}
