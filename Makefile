@@ -37,6 +37,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/bench_data.py
 	$(PY) bench/bench_trainer.py
 	$(PY) bench/bench_animator.py
+	$(PY) bench/bench_motion.py
 
 clean:
 	rm -rf $(VENV) workdir

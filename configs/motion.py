@@ -41,8 +41,8 @@ def get_config(variant: str = "pose_tiny") -> ml_collections.ConfigDict:
                                         "cond_dropout": 0.0, "data_scale": 1.0})
     c.task.model = ml_collections.ConfigDict({"preset": "official"})
     if size == "tiny":
-        c.update(batch_size=16, num_steps=1500, log_every=100, eval_every=500, eval_steps=4,
-                 checkpoint_every=500, ema_decay=0.99)
+        c.update(batch_size=16, num_steps=4000, log_every=100, eval_every=1000, eval_steps=4,
+                 checkpoint_every=1000, ema_decay=0.99)
         c.data.update(num_workers=0, window=50)  # 2 s windows: 3x fewer frames, 9x less attention
         c.task.learning_rate = 2e-3
         # The synthetic heads move a few hundredths of a radian: learn motion x 4 (gaze x 2).

@@ -83,6 +83,8 @@ def iter_windows(sampler: WindowSampler, local_cond, first, *, window: int, key:
     """
     put = put or jnp.asarray
     b, t = local_cond.shape[:2]
+    if t < 1:
+        raise ValueError("local_cond has no frames: the audio is empty")
     first = np.asarray(first, np.float32)
     if first.shape != (b, sampler.channels):
         raise ValueError(f"first frame must be [B={b}, C={sampler.channels}], got {first.shape}")

@@ -180,3 +180,13 @@ def generate_motion(model, cond: np.ndarray, first: np.ndarray, *, residual: boo
         windowing.generate_long(sampler, cond[b0:b0 + batch_size], first[b0:b0 + batch_size],
                                 key=jax.random.fold_in(key, b0), window=window)
         for b0 in range(0, len(cond), batch_size)])
+
+
+def format_report(report: dict) -> str:
+    """The ``motion_report`` dict as an aligned text table."""
+    lines = [f"  {'method':14s} {'beat alignment (higher better)':>31s} {'Frechet distance (lower better)':>33s} "
+             f"{'diversity':>10s}"]
+    for name in ("generated", "still", "random_walk", "ground_truth"):
+        r = report[name]
+        lines.append(f"  {name:14s} {r['bas']:31.3f} {r['fd']:33.5f} {r['diversity']:10.4f}")
+    return "\n".join(lines)
