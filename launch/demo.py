@@ -27,7 +27,7 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", "workdir/demo", "Where the dataset and outputs go.")
 _ANIMATOR_STEPS = flags.DEFINE_integer("animator_steps", 400, "Training steps of the tiny animator (0 = skip).")
 _POSE_STEPS = flags.DEFINE_integer("pose_steps", 600, "Training steps of the tiny pose denoiser (0 = skip).")
-_GAZE_STEPS = flags.DEFINE_integer("gaze_steps", 300, "Training steps of the tiny gaze denoiser (0 = skip).")
+_GAZE_STEPS = flags.DEFINE_integer("gaze_steps", 200, "Training steps of the tiny gaze denoiser (0 = skip).")
 
 
 def _preview(clips, path: Path, per_row: int = 8) -> None:
@@ -191,7 +191,7 @@ def main(argv) -> None:
         _heldout_grid(trainer, grid)
         print(f"{result.status} at step {result.step}: held-out PSNR {ev['eval/psnr']:.2f} dB; copying the "
               f"source frame gives {ev['eval/psnr_copy_source']:.2f} dB (the demo's few hundred CPU steps "
-              f"are far from enough to beat that; longer runs: launch/train.py --config=configs/animator.py:tiny)")
+              f"are not yet enough to beat that; longer runs: launch/train.py --config=configs/animator.py:tiny)")
         print(f"grid        {grid} (rows: held-out identities; columns: source | target | reconstruction)")
 
     for target, steps in (("pose", _POSE_STEPS.value), ("gaze", _GAZE_STEPS.value)):
