@@ -99,7 +99,8 @@ def test_gaze_config_and_condition_dropout(synth_motion, tmp_path):
 def test_tiny_pose_model_beats_still_and_random_walk(tmp_path_factory, tmp_path):
     """About 18 min on 2 cores: 4000 tiny steps (the pose_tiny config) on 48 synthetic clips; sampled
     with the release's DDPM-150 in 50-frame windows, held-out pose beats both baselines on the
-    rhythm score and the Frechet distance."""
+    rhythm score and the Frechet distance (passes), and windows join without a jump (fails today:
+    see the comment at the end)."""
     root = tmp_path_factory.mktemp("synth_pose")
     write_synthetic_dataset(root, SynthConfig(size=32, seconds=8.0, num_identities=12, seed=0), 48,
                             clips_per_shard=16, workers=0)
@@ -111,12 +112,15 @@ def test_tiny_pose_model_beats_still_and_random_walk(tmp_path_factory, tmp_path)
     gen = M.generate_motion(model, held["cond"], held["pose"][:, 0], residual=True, key=jax.random.key(0),
                             spec=samplers.SamplerSpec(), window=int(cfg.data.window),
                             data_scale=float(cfg.task.data_scale))
-    # windows join without a jump: the step into each window's first new frame is like any other
-    step = np.linalg.norm(np.diff(gen[..., :3], axis=1), axis=-1)  # [N, T-1], step j: frame j -> j+1
-    joins = np.zeros(step.shape[1], bool)
-    joins[np.arange(0, step.shape[1], int(cfg.data.window) - 1)] = True
-    assert step[:, joins].mean() < 2.0 * step[:, ~joins].mean(), (step[:, joins].mean(), step[:, ~joins].mean())
     rep = M.motion_report(gen, held["pose"], held["cond"])
     for baseline in ("still", "random_walk"):
         assert rep["generated"]["bas"] > rep[baseline]["bas"], rep
         assert rep["generated"]["fd"] < rep[baseline]["fd"], rep
+    # Windows join without a jump. KNOWN FAILURE (measured 2026-12-01): the step into each
+    # window's first new frame is 0.021 rad vs 0.0086 elsewhere (2.5x). Not yet diagnosed; a
+    # candidate is the release's alignment (the shared frame's mel is dropped, so the model's
+    # index 0, trained as the zero-residual first frame, is placed one frame after pose0).
+    step = np.linalg.norm(np.diff(gen[..., :3], axis=1), axis=-1)  # [N, T-1], step j: frame j -> j+1
+    joins = np.zeros(step.shape[1], bool)
+    joins[np.arange(0, step.shape[1], int(cfg.data.window) - 1)] = True
+    assert step[:, joins].mean() < 2.0 * step[:, ~joins].mean(), (step[:, joins].mean(), step[:, ~joins].mean())
