@@ -99,7 +99,8 @@ def test_gaze_config_and_condition_dropout(synth_motion, tmp_path):
 def test_tiny_pose_model_beats_still_and_random_walk(tmp_path_factory, tmp_path):
     """About 18 min on 2 cores: 4000 tiny steps (the pose_tiny config) on 48 synthetic clips; sampled
     with the release's DDPM-150 in 50-frame windows, held-out pose beats both baselines on the
-    rhythm score and the Frechet distance (passes), and windows join without a jump (fails today:
+    rhythm score and the Frechet distance (as the same 4000-step run did outside the test: BAS 0.683
+    vs 0.639, FD 0.00138 vs 0.00616), and windows join without a jump (fails today:
     see the comment at the end)."""
     root = tmp_path_factory.mktemp("synth_pose")
     write_synthetic_dataset(root, SynthConfig(size=32, seconds=8.0, num_identities=12, seed=0), 48,
