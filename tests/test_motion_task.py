@@ -56,6 +56,7 @@ def test_metric_definitions_on_known_motion():
     assert M.frechet_distance(feats, M.pose_window_features(2 * on[None])) > 1e-3
 
 
+@pytest.mark.slow  # ~80 s: kept out of `make test` for its 10-minute budget
 def test_pose_training_runs_sharded_and_learns(synth_motion, tmp_path):
     cfg = _config(synth_motion)
     cfg.batch_size = 8
@@ -67,6 +68,7 @@ def test_pose_training_runs_sharded_and_learns(synth_motion, tmp_path):
     assert ev["eval/loss"] < ev["eval/loss_predict_zero"]  # held out, after 30 steps
 
 
+@pytest.mark.slow  # ~90 s (trainer + the eval CLI in a subprocess)
 def test_gaze_config_and_condition_dropout(synth_motion, tmp_path):
     cfg = _config(synth_motion, "gaze_tiny", num_steps=4, log_every=2, eval_every=0, checkpoint_every=4)
     cfg.batch_size = 4
