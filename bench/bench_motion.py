@@ -30,19 +30,10 @@ from flax import nnx  # noqa: E402
 from gohd_jax.diffusion import samplers, windowing  # noqa: E402
 from gohd_jax.models.motion_denoiser import MotionDenoiser, MotionDenoiserConfig, count_params  # noqa: E402
 from gohd_jax.train.tasks.motion_diffusion import denoiser_config  # noqa: E402
+from bench_animator import best_of  # noqa: E402  (same folder; the shared timing helper)
 
 WINDOW = 150
 SECONDS = (WINDOW - 1) / 25.0  # new frames per window
-
-
-def best_of(fn, repeats):
-    jax.block_until_ready(fn())  # compile
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def tiny_config():
