@@ -71,7 +71,7 @@ def main() -> None:
                 spec = samplers.SamplerSpec(method, steps)
                 full = name.startswith("tiny") or args.official_full or (method == "ddim" and b == 1)
                 if full:
-                    ws = windowing.WindowSampler(model, spec=spec, residual=True)
+                    ws = windowing.WindowSampler(model, spec=spec, residual=True, alignment="training")
                     key = jax.random.key(0)
                     t = best_of(lambda: ws(lc, gc.astype(jnp.float32), key), max(1, args.repeats - 1))
                     row[method] = (t / SECONDS / b, "")

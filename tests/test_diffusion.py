@@ -73,18 +73,27 @@ def test_ddim_few_steps_deterministic_and_denoises():
         samplers.SamplerSpec("plms")
 
 
-def test_windows_share_one_frame_and_carry_the_previous_frame():
+@pytest.mark.parametrize("alignment", ["release", "training"])
+def test_windows_share_one_frame_and_carry_the_previous_frame(alignment):
     cfg, model = _model()
     lc, _ = _cond(cfg, 2, 40)
     first = np.asarray(0.1 * jax.random.normal(jax.random.key(9), (2, 6)))
-    sampler = windowing.WindowSampler(model, spec=samplers.SamplerSpec("ddim", 4), residual=True)
+    sampler = windowing.WindowSampler(model, spec=samplers.SamplerSpec("ddim", 4), residual=True,
+                                      alignment=alignment)
     chunks = list(windowing.iter_windows(sampler, np.asarray(lc), first, window=16, key=jax.random.key(1)))
     assert [s for s, _ in chunks] == [0, 1, 16, 31]
     assert [c.shape[1] for _, c in chunks] == [1, 15, 15, 9]
     np.testing.assert_array_equal(chunks[0][1][:, 0], first)
-    # window 2 is window 1's sampler run on frames 16..30 with pose0 = frame 15 (its last output)
+    # window 2 (new frames 16..30) is the sampler with pose0 = frame 15 (window 1's last output),
+    # run on the mel of frames 16..30 (release) or 15..30, whose index 0 is frame 15 (training)
     prev = chunks[1][1][:, -1]
-    want = sampler(jnp.asarray(lc[:, 16:31]), jnp.asarray(prev), jax.random.fold_in(jax.random.key(1), 1))
+    key = jax.random.fold_in(jax.random.key(1), 1)
+    if alignment == "release":
+        want = sampler(jnp.asarray(lc[:, 16:31]), jnp.asarray(prev), key)
+    else:
+        want = sampler(jnp.asarray(lc[:, 15:31]), jnp.asarray(prev), key)
+        np.testing.assert_allclose(want[:, 0], prev, atol=1e-6)  # index 0 lands on the shared frame
+        want = want[:, 1:]
     np.testing.assert_allclose(chunks[2][1], want, atol=1e-6)
     # the last, short window is padded to the common shape: one compilation for all windows
     assert sampler.cache_size() == 1
@@ -97,7 +106,8 @@ def test_long_audio_constant_device_memory():
     cfg, model = _model(channels=2)
     t = 25 * 600
     cond = np.random.default_rng(0).normal(size=(1, t, cfg.local_dim)).astype(np.float32)
-    sampler = windowing.WindowSampler(model, spec=samplers.SamplerSpec("ddim", 2), residual=False)
+    sampler = windowing.WindowSampler(model, spec=samplers.SamplerSpec("ddim", 2), residual=False,
+                                      alignment="training")
     live = []
     produced = 0
     for i, (start, frames) in enumerate(windowing.iter_windows(sampler, cond, np.zeros((1, 2), np.float32),
@@ -116,7 +126,8 @@ def test_sampler_shards_over_devices():
     cfg, model = _model()
     mesh = make_mesh(-1, 1, devices=jax.devices()[:4])
     lc, gc = _cond(cfg, 8, 20)
-    sampler = windowing.WindowSampler(model, spec=samplers.SamplerSpec("ddim", 3), residual=True)
+    sampler = windowing.WindowSampler(model, spec=samplers.SamplerSpec("ddim", 3), residual=True,
+                                      alignment="release")
     key = jax.random.key(4)
     put = lambda a: jax.device_put(a, batch_sharding(mesh, np.ndim(a)))  # noqa: E731
     sharded = sampler(put(np.asarray(lc[:, :15])), put(np.asarray(gc)), key)

@@ -99,11 +99,11 @@ def test_gaze_config_and_condition_dropout(synth_motion, tmp_path):
 
 @pytest.mark.slow
 def test_tiny_pose_model_beats_still_and_random_walk(tmp_path_factory, tmp_path):
-    """About 18 min on 2 cores: 4000 tiny steps (the pose_tiny config) on 48 synthetic clips; sampled
-    with the release's DDPM-150 in 50-frame windows, held-out pose beats both baselines on the
-    rhythm score and the Frechet distance (as the same 4000-step run did outside the test: BAS 0.683
-    vs 0.639, FD 0.00138 vs 0.00616), and windows join without a jump (fails today:
-    see the comment at the end)."""
+    """About 20 min on 2 cores: 4000 tiny steps (the pose_tiny config) on 48 synthetic clips; each
+    held-out clip sampled with three seeds (the release's DDPM-150, 50-frame windows aligned as in
+    training). The generated pose beats both baselines on the rhythm score and the Frechet
+    distance (the same run outside the test: BAS 0.667 vs 0.639, FD 0.00111 vs 0.00616), and
+    windows join without a jump."""
     root = tmp_path_factory.mktemp("synth_pose")
     write_synthetic_dataset(root, SynthConfig(size=32, seconds=8.0, num_identities=12, seed=0), 48,
                             clips_per_shard=16, workers=0)
@@ -112,18 +112,20 @@ def test_tiny_pose_model_beats_still_and_random_walk(tmp_path_factory, tmp_path)
     trainer.train()
     model = trainer.ctx.ema_model(trainer.final_state, "denoiser")
     held = M.heldout_motion(root)
-    gen = M.generate_motion(model, held["cond"], held["pose"][:, 0], residual=True, key=jax.random.key(0),
-                            spec=samplers.SamplerSpec(), window=int(cfg.data.window),
-                            data_scale=float(cfg.task.data_scale))
-    rep = M.motion_report(gen, held["pose"], held["cond"])
+    seeds = 3
+    gen = np.concatenate([
+        M.generate_motion(model, held["cond"], held["pose"][:, 0], residual=True, key=jax.random.key(seed),
+                          spec=samplers.SamplerSpec(), window=int(cfg.data.window),
+                          data_scale=float(cfg.task.data_scale), alignment="training")
+        for seed in range(seeds)])
+    rep = M.motion_report(gen, np.tile(held["pose"], (seeds, 1, 1)), np.tile(held["cond"], (seeds, 1, 1)))
     for baseline in ("still", "random_walk"):
         assert rep["generated"]["bas"] > rep[baseline]["bas"], rep
         assert rep["generated"]["fd"] < rep[baseline]["fd"], rep
-    # Windows join without a jump. KNOWN FAILURE (measured 2026-12-01): the step into each
-    # window's first new frame is 0.021 rad vs 0.0086 elsewhere (2.5x). Not yet diagnosed; a
-    # candidate is the release's alignment (the shared frame's mel is dropped, so the model's
-    # index 0, trained as the zero-residual first frame, is placed one frame after pose0).
+    # Windows join without a jump: the step into each window's first new frame is like the others
+    # (with the release's alignment it was 2.7x; aligned as in training, 0.7x).
     step = np.linalg.norm(np.diff(gen[..., :3], axis=1), axis=-1)  # [N, T-1], step j: frame j -> j+1
     joins = np.zeros(step.shape[1], bool)
     joins[np.arange(0, step.shape[1], int(cfg.data.window) - 1)] = True
-    assert step[:, joins].mean() < 2.0 * step[:, ~joins].mean(), (step[:, joins].mean(), step[:, ~joins].mean())
+    ratio = step[:, joins].mean() / step[:, ~joins].mean()
+    assert 0.3 < ratio < 1.5, (step[:, joins].mean(), step[:, ~joins].mean())

@@ -2,11 +2,24 @@
 
 As the official ``inference.py: get_target_seqs``: frame 0 of the output is the given first
 frame (the source's pose0 / gaze0). Windows start at frames 0, L-1, 2(L-1), ... and span L frames;
-each generates its L-1 new frames (the condition of its first, shared frame is dropped) while
-conditioned on the previous window's last generated frame as pose0 / gaze0, and for pose adds it
-back (residual head pose). So consecutive windows share one frame and the motion carries across.
+each makes its L-1 new frames while conditioned on the previous window's last generated frame as
+pose0 / gaze0, and for pose adds it back (residual head pose). So consecutive windows share one
+frame and the motion carries across.
 
-Memory: the host loop moves one window's condition [B, L-1, Dl] to the devices and one window's
+Two alignments of the window (``WindowSampler(alignment=...)``):
+
+* ``"release"`` (for the official weights): the shared frame's mel is dropped (``mel[1:]``) and
+  the denoiser runs on the L-1 new frames, so its index 0 is the frame after pose0.
+* ``"training"`` (for models from our trainer, the default of ``configs/motion.py``): the denoiser
+  runs on all L frames, the shared frame's mel included, as in training (where index 0 is the
+  window's first frame, a zero residual). Index 0 is the shared frame, whose value is known: the
+  window is translated so that index 0 lands exactly on the previous frame, and dropped. The
+  denoiser's index 0 is not exactly the known value (translation-invariant attention has no
+  notion of "first"), and without this the step into each window's first new frame was 2.7x the
+  steps elsewhere on the tiny pose model; with it, 0.7x (BENCHMARKS.md). Holding index 0 at the
+  known value during sampling (replacement inpainting) left a 2.3x jump, so the translation it is.
+
+Memory: the host loop moves one window's condition [B, L or L-1, Dl] to the devices and one window's
 result back, so device memory does not grow with the clip length; every window has the same
 shape (the last one's condition is padded by repeating its final frame, and the padded outputs
 are dropped), so the sampler compiles once. This padding is the one difference from the release,
@@ -37,8 +50,12 @@ def window_starts(num_frames: int, window: int) -> list[int]:
     return list(range(0, max(num_frames - 1, 0), window - 1))
 
 
+ALIGNMENTS = ("release", "training")
+
+
 class WindowSampler:
-    """One jitted window: (local_cond [B,L-1,Dl], previous frame [B,C], key) -> frames [B,L-1,C].
+    """One jitted window: (local_cond [B,N,Dl], previous frame [B,C], key) -> frames [B,N,C],
+    N = L-1 (``alignment="release"``) or L (``"training"``; index 0 is the shared frame).
 
     ``residual``: the output is added to the previous frame (pose); else absolute (gaze). The
     previous frame is also the global condition. ``data_scale``: the model works on motion x
@@ -48,7 +65,10 @@ class WindowSampler:
     """
 
     def __init__(self, model: nnx.Module, *, spec: samplers.SamplerSpec = samplers.SamplerSpec(),
-                 residual: bool, data_scale: float = 1.0, betas=None):
+                 residual: bool, alignment: str, data_scale: float = 1.0, betas=None):
+        if alignment not in ALIGNMENTS:
+            raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
+        self.alignment = alignment
         self.graphdef, self.state = nnx.split(model)
         self.channels = model.cfg.in_channels
         self.spec, self.residual, self.data_scale = spec, residual, float(data_scale)
@@ -61,6 +81,8 @@ class WindowSampler:
         x0, z = samplers.draw_noise(key, len(self.chain["n"]), (b, t, self.channels))
         x, _ = samplers.run_chain(model, x0, self.chain, z, cond, prev * self.data_scale)
         x = jnp.clip(x, -1.0, 1.0) / self.data_scale
+        if self.alignment == "training":  # index 0 is the shared frame: put it exactly on prev
+            x = x - x[:, :1] + (0.0 if self.residual else prev[:, None, :])
         return x + prev[:, None, :] if self.residual else x
 
     def __call__(self, cond: jax.Array, prev: jax.Array, key: jax.Array) -> jax.Array:
@@ -90,15 +112,16 @@ def iter_windows(sampler: WindowSampler, local_cond, first, *, window: int, key:
         raise ValueError(f"first frame must be [B={b}, C={sampler.channels}], got {first.shape}")
     yield 0, first[:, None, :]
     prev = put(first)
-    new = window - 1
+    skip = 1 if sampler.alignment == "training" else 0  # leading outputs that are not new frames
+    width = window - 1 + skip
     for w, start in enumerate(window_starts(t, window)):
-        lo, hi = start + 1, min(start + window, t)
-        cond = np.asarray(local_cond[:, lo:hi], np.float32)
-        if hi - lo < new:  # the last window: repeat its final frame to the common shape
-            cond = np.concatenate([cond, np.repeat(cond[:, -1:], new - (hi - lo), axis=1)], axis=1)
-        out = sampler(put(cond), prev, jax.random.fold_in(key, w))
-        prev = out[:, hi - lo - 1]
-        yield lo, np.asarray(out[:, : hi - lo])
+        lo, hi = start + 1, min(start + window, t)  # the new frames
+        cond = np.asarray(local_cond[:, lo - skip:hi], np.float32)
+        if cond.shape[1] < width:  # the last window: repeat its final frame to the common shape
+            cond = np.concatenate([cond, np.repeat(cond[:, -1:], width - cond.shape[1], axis=1)], axis=1)
+        out = sampler(put(cond), prev, jax.random.fold_in(key, w))[:, skip:skip + hi - lo]
+        prev = out[:, -1]
+        yield lo, np.asarray(out)
 
 
 def generate_long(sampler: WindowSampler, local_cond, first, *, key: jax.Array, window: int = 150,

@@ -167,15 +167,17 @@ def heldout_motion(data_dir, *, heldout_fraction: float = 0.25, condition: str =
 
 def generate_motion(model, cond: np.ndarray, first: np.ndarray, *, residual: bool, key,
                     window: int = 150, spec=None, batch_size: int = 32,
-                    data_scale: float = 1.0) -> np.ndarray:
+                    data_scale: float = 1.0, alignment: str = "training") -> np.ndarray:
     """Samples [N,T,C] motion for conds [N,T,320] from first frames [N,C], batch_size clips at a
-    time, with the long-audio windowing (``diffusion.windowing``)."""
+    time, with the long-audio windowing (``diffusion.windowing``; ``alignment`` "training" for
+    models from our trainer, "release" for the official weights)."""
     import jax
 
     from gohd_jax.diffusion import samplers, windowing
 
     spec = spec or samplers.SamplerSpec()
-    sampler = windowing.WindowSampler(model, spec=spec, residual=residual, data_scale=data_scale)
+    sampler = windowing.WindowSampler(model, spec=spec, residual=residual, data_scale=data_scale,
+                                       alignment=alignment)
     return np.concatenate([
         windowing.generate_long(sampler, cond[b0:b0 + batch_size], first[b0:b0 + batch_size],
                                 key=jax.random.fold_in(key, b0), window=window)
