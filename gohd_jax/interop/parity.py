@@ -220,7 +220,9 @@ for _kind, _module, _function in (
         ("animator", "animator_weights", "parity_animator"),
         ("lia_generator", "animator_weights", "parity_lia_generator"),
         ("pose_diffusion", "motion_weights", "parity_pose_diffusion"),
-        ("gaze_diffusion", "motion_weights", "parity_gaze_diffusion")):
+        ("gaze_diffusion", "motion_weights", "parity_gaze_diffusion"),
+        ("audio2exp", "expression_weights", "parity_audio2exp"),
+        ("audio2exp_twostage", "expression_weights", "parity_audio2exp_twostage")):
     register(_kind)(_lazy_checker(_module, _function))
 
 

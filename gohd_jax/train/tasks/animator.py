@@ -94,16 +94,19 @@ class AnimatorTask(Task):
         source, target = to_unit_range(batch["source"]), to_unit_range(batch["target"])
         window = batch["descriptor_window"]
         gan_w = float(self.config.task.loss.gan)
-        # The adversarial terms switch on at task.gan_start_step (a reconstruction warm-up).
-        gan_on = (state.step >= int(self.config.task.gan_start_step)).astype(jnp.float32)
+        # The adversarial terms switch on at task.gan_start_step (a reconstruction warm-up). Before
+        # it, lax.cond skips the discriminator entirely (no forward, no update, no Adam count).
+        gan_on = state.step >= int(self.config.task.gan_start_step)
 
         def g_loss(g_params):
             fake = ctx.model(state, "generator", g_params)(source, window)["rgb"][0]
             terms = self._reconstruction_terms(ctx, state, fake, target)
             total = sum(self._weight(k) * v for k, v in terms.items())
             if gan_w:
-                terms["loss_gan_g"] = losses.gan_g_loss(ctx.model(state, "discriminator")(fake))
-                total = total + gan_on * gan_w * terms["loss_gan_g"]
+                terms["loss_gan_g"] = jax.lax.cond(
+                    gan_on, lambda f: losses.gan_g_loss(ctx.model(state, "discriminator")(f)),
+                    lambda f: jnp.zeros((), jnp.float32), fake)
+                total = total + gan_w * terms["loss_gan_g"]
             return total, (terms, fake)
 
         (loss_g, (terms, fake)), g_grads = jax.value_and_grad(g_loss, has_aux=True)(state.params["generator"])
@@ -112,14 +115,16 @@ class AnimatorTask(Task):
         if gan_w:
             fake = jax.lax.stop_gradient(fake)
 
-            def d_loss(d_params):
-                disc = ctx.model(state, "discriminator", d_params)
-                return losses.gan_d_loss(disc(target), disc(fake))
+            def d_step(state):
+                def d_loss(d_params):
+                    disc = ctx.model(state, "discriminator", d_params)
+                    return losses.gan_d_loss(disc(target), disc(fake))
 
-            loss_d, d_grads = jax.value_and_grad(d_loss)(state.params["discriminator"])
-            d_grads = jax.tree_util.tree_map(lambda g: gan_on * g, d_grads)  # Adam(b1=0): zero step
-            state = ctx.apply_gradients(state, "discriminator", d_grads)
-            metrics["loss_d"] = loss_d
+                loss_d, d_grads = jax.value_and_grad(d_loss)(state.params["discriminator"])
+                return ctx.apply_gradients(state, "discriminator", d_grads), loss_d.astype(jnp.float32)
+
+            state, metrics["loss_d"] = jax.lax.cond(
+                gan_on, d_step, lambda state: (state, jnp.zeros((), jnp.float32)), state)
         return state, metrics
 
     def reconstruct(self, ctx, state, batch) -> jax.Array:

@@ -1,0 +1,199 @@
+"""GoHD's expression stages in Flax NNX: stage 1 (frame-wise lips from audio) and stage 2 (an LSTM
+that generates blink and brow controls).
+
+Official code: Jia1018/GoHD ``networks/audio2exp.py`` (dossier section 7.2).
+
+* ``FrameExpression`` (stage 1; ``SimpleWrapperV2`` / ``SimpleWrapperV3``): per frame, the SyncNet
+  audio embedding (512) of the frame's Wav2Lip mel window, exp0 (64) and ``controls`` control
+  values -> one Linear -> the absolute 64-d expression (the release's ``+ ref`` residual is
+  commented out). ``controls`` = 0 is the released checkpoint (Linear 576 -> 64); 1 adds the blink
+  ratio (V2 with ``blink_control``); 21 adds blink + 20 brow values (V3, Linear 597 -> 64).
+* ``ControlGenerator`` (stage 2; ``TwoStageGenerator`` without its stage 1): control0 = the first
+  frame's [blink, brows] (21) -> MLP(21 -> 128 -> 512, LeakyReLU 0.01) = c0. For t = 1 .. T-1 a
+  2-layer, 512-unit LSTM (PyTorch's gate order i, f, g, o and both biases, zero initial state)
+  reads [audio_em_t, c0, exp0, z_t] (512 + 512 + 64 + 512), z_t ~ N(0, I) a noise input per step,
+  and out_t = MLP(h_t + c0) (512 -> 128 -> 21). Row 0 of the output is control0 unchanged.
+* ``TwoStageExpression``: stage 1 with 21 controls + stage 2: audio -> embeddings -> controls ->
+  expression, as ``TwoStageGenerator.forward``.
+
+Shapes: ``audio`` [B, T, 80, 16] (one Wav2Lip mel window per frame, mel bins x time steps),
+``exp0`` [B, 64], controls [B, T, K]; outputs [B, T, 64] / [B, T, 21]. The audio encoder runs on
+all B x T windows at once; the LSTM is a ``lax.scan`` over time.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from gohd_jax.models.syncnet import AudioEncoder
+
+__all__ = ["ExpressionConfig", "FrameExpression", "LSTM", "ControlGenerator", "TwoStageExpression"]
+
+
+@dataclass(frozen=True)
+class ExpressionConfig:
+    """exp_dim 64 (BFM expression); controls 0 / 1 / 21 for stage 1 (see the module docstring);
+    control_dim 21 and hidden 512 / control_hidden 128 for stage 2; noise_dim 512;
+    audio_width scales the SyncNet audio encoder's channels (1 official), which sets audio_dim."""
+    exp_dim: int = 64
+    controls: int = 0
+    control_dim: int = 21
+    hidden: int = 512
+    control_hidden: int = 128
+    lstm_layers: int = 2
+    noise_dim: int = 512
+    audio_width: float = 1.0
+
+    @property
+    def audio_dim(self) -> int:
+        return max(1, int(512 * self.audio_width))
+
+    @classmethod
+    def released(cls) -> "ExpressionConfig":
+        """``audio2exp.pth``: SimpleWrapperV2(blink_control=0)."""
+        return cls(controls=0)
+
+    @classmethod
+    def two_stage(cls) -> "ExpressionConfig":
+        """``TwoStageGenerator(blink_control=1, brow_control=1)``: stage 1 reads 21 controls."""
+        return cls(controls=21)
+
+    @classmethod
+    def tiny(cls, controls: int = 21) -> "ExpressionConfig":
+        return cls(controls=controls, hidden=64, control_hidden=32, noise_dim=16, audio_width=0.125)
+
+
+def _torch_linear(rngs: nnx.Rngs, din: int, dout: int, *, zero_bias: bool = False) -> nnx.Linear:
+    """nn.Linear's init: U(+-1/sqrt(din)) for weight and bias."""
+    bound = 1.0 / math.sqrt(din)
+    init = jax.nn.initializers.uniform(2 * bound)
+    shift = lambda f: (lambda k, s, d=jnp.float32: f(k, s, d) - bound)  # noqa: E731
+    return nnx.Linear(din, dout, kernel_init=shift(init),
+                      bias_init=jax.nn.initializers.zeros if zero_bias else shift(init), rngs=rngs)
+
+
+class FrameExpression(nnx.Module):
+    """Stage 1. ``__call__(audio [B,T,80,16], exp0 [B,64], controls [B,T,K] | None)`` -> [B,T,64]."""
+
+    def __init__(self, cfg: ExpressionConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.audio_encoder = AudioEncoder(rngs=rngs, width=cfg.audio_width)
+        self.mapping1 = _torch_linear(rngs, cfg.audio_dim + cfg.exp_dim + cfg.controls, cfg.exp_dim,
+                                      zero_bias=True)
+
+    def embed_audio(self, audio: jax.Array, *, train: bool = False) -> jax.Array:
+        """[B,T,80,16] -> [B,T,audio_dim]."""
+        if audio.ndim != 4 or tuple(audio.shape[2:]) != (80, 16):
+            raise ValueError(f"audio must be [B, T, 80, 16] Wav2Lip mel windows, got {tuple(audio.shape)}")
+        b, t = audio.shape[:2]
+        return self.audio_encoder(audio.reshape(b * t, 80, 16, 1), train=train).reshape(b, t, -1)
+
+    def head(self, audio_em: jax.Array, exp0: jax.Array, controls: jax.Array | None) -> jax.Array:
+        """The linear head on embeddings [B,T,A], exp0 [B,E], controls [B,T,K] -> [B,T,E]."""
+        b, t = audio_em.shape[:2]
+        parts = [audio_em, jnp.broadcast_to(exp0[:, None, :], (b, t, exp0.shape[-1]))]
+        k = 0 if controls is None else controls.shape[-1]
+        if k != self.cfg.controls:
+            raise ValueError(f"this stage-1 model reads {self.cfg.controls} control values per frame, "
+                             f"got {k}")
+        if controls is not None:
+            parts.append(controls)
+        return self.mapping1(jnp.concatenate(parts, axis=-1))
+
+    def __call__(self, audio, exp0, controls=None, *, train: bool = False) -> jax.Array:
+        return self.head(self.embed_audio(audio, train=train), exp0, controls)
+
+
+class LSTM(nnx.Module):
+    """A stacked LSTM with PyTorch's parameterisation: per layer kernel_ih [in, 4H],
+    kernel_hh [H, 4H], bias_ih and bias_hh [4H], gates i, f, g, o. ``step(carry, x)`` runs one time
+    step; ``__call__(x [B,T,in])`` -> (h [B,T,H], final carry) from a zero state."""
+
+    def __init__(self, in_dim: int, hidden: int, layers: int, *, rngs: nnx.Rngs):
+        self.hidden, self.layers = hidden, layers
+        bound = 1.0 / math.sqrt(hidden)
+        u = lambda shape: nnx.Param(jax.random.uniform(rngs.params(), shape, jnp.float32, -bound, bound))  # noqa: E731
+        self.kernel_ih = nnx.List([u((in_dim if i == 0 else hidden, 4 * hidden)) for i in range(layers)])
+        self.kernel_hh = nnx.List([u((hidden, 4 * hidden)) for _ in range(layers)])
+        self.bias_ih = nnx.List([u((4 * hidden,)) for _ in range(layers)])
+        self.bias_hh = nnx.List([u((4 * hidden,)) for _ in range(layers)])
+
+    def zero_carry(self, batch: int, dtype=jnp.float32):
+        z = jnp.zeros((self.layers, batch, self.hidden), dtype)
+        return z, z
+
+    def step(self, carry, x):
+        h, c = carry
+        hs, cs = [], []
+        for i in range(self.layers):
+            gates = (x @ self.kernel_ih[i][...] + self.bias_ih[i][...]
+                     + h[i] @ self.kernel_hh[i][...] + self.bias_hh[i][...])
+            gi, gf, gg, go = jnp.split(gates, 4, axis=-1)
+            ci = jax.nn.sigmoid(gf) * c[i] + jax.nn.sigmoid(gi) * jnp.tanh(gg)
+            hi = jax.nn.sigmoid(go) * jnp.tanh(ci)
+            hs.append(hi)
+            cs.append(ci)
+            x = hi
+        return (jnp.stack(hs), jnp.stack(cs)), x
+
+    def __call__(self, x: jax.Array):
+        carry, ys = jax.lax.scan(self.step, self.zero_carry(x.shape[0], x.dtype), jnp.swapaxes(x, 0, 1))
+        return jnp.swapaxes(ys, 0, 1), carry
+
+
+class ControlGenerator(nnx.Module):
+    """Stage 2. ``__call__(audio_em [B,T,A], exp0 [B,E], control0 [B,21], noise [B,T-1,N])`` ->
+    controls [B,T,21] (row 0 = control0). ``noise`` is z_1 .. z_{T-1}; ``sample`` draws it."""
+
+    def __init__(self, cfg: ExpressionConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.control_encoder = nnx.List([_torch_linear(rngs, cfg.control_dim, cfg.control_hidden),
+                                         _torch_linear(rngs, cfg.control_hidden, cfg.hidden)])
+        self.lstm = LSTM(cfg.audio_dim + cfg.hidden + cfg.exp_dim + cfg.noise_dim, cfg.hidden,
+                         cfg.lstm_layers, rngs=rngs)
+        self.output = nnx.List([_torch_linear(rngs, cfg.hidden, cfg.control_hidden),
+                                _torch_linear(rngs, cfg.control_hidden, cfg.control_dim)])
+
+    @staticmethod
+    def _mlp(layers, x):
+        return layers[1](jax.nn.leaky_relu(layers[0](x), 0.01))
+
+    def __call__(self, audio_em, exp0, control0, noise) -> jax.Array:
+        b, t = audio_em.shape[:2]
+        if noise.shape != (b, t - 1, self.cfg.noise_dim):
+            raise ValueError(f"noise must be [B={b}, T-1={t - 1}, {self.cfg.noise_dim}], got {noise.shape}")
+        c0 = self._mlp(self.control_encoder, control0)  # [B, H]
+        steps = audio_em[:, 1:]
+        inputs = jnp.concatenate([steps, jnp.broadcast_to(c0[:, None], (b, t - 1, c0.shape[-1])),
+                                  jnp.broadcast_to(exp0[:, None], (b, t - 1, exp0.shape[-1])), noise], axis=-1)
+        h, _ = self.lstm(inputs)
+        out = self._mlp(self.output, h + c0[:, None])
+        return jnp.concatenate([control0[:, None], out], axis=1)
+
+    def sample(self, audio_em, exp0, control0, key: jax.Array) -> jax.Array:
+        b, t = audio_em.shape[:2]
+        return self(audio_em, exp0, control0, jax.random.normal(key, (b, t - 1, self.cfg.noise_dim)))
+
+
+class TwoStageExpression(nnx.Module):
+    """``TwoStageGenerator``: ``__call__(audio [B,T,80,16], exp0, control0, noise)`` -> dict with
+    ``audio_em`` [B,T,A], ``controls`` [B,T,21] and ``exp`` [B,T,64]."""
+
+    def __init__(self, cfg: ExpressionConfig, *, rngs: nnx.Rngs):
+        if cfg.controls != cfg.control_dim:
+            raise ValueError(f"the two-stage model's stage 1 reads the {cfg.control_dim} generated "
+                             f"controls; got controls={cfg.controls}")
+        self.cfg = cfg
+        self.stage1 = FrameExpression(cfg, rngs=rngs)
+        self.stage2 = ControlGenerator(cfg, rngs=rngs)
+
+    def __call__(self, audio, exp0, control0, noise) -> dict[str, jax.Array]:
+        audio_em = self.stage1.embed_audio(audio)
+        controls = self.stage2(audio_em, exp0, control0, noise)
+        return {"audio_em": audio_em, "controls": controls,
+                "exp": self.stage1.head(audio_em, exp0, controls)}

@@ -1,0 +1,148 @@
+"""Wav2Lip's SyncNet (``SyncNet_color``) in Flax NNX, NHWC: the audio encoder GoHD's expression
+stages read, and the face encoder that makes it a lip-sync expert.
+
+Official code: Jia1018/GoHD ``networks/syncnet.py`` and ``networks/conv.py`` (Wav2Lip's). Every
+block is ``Conv2d -> BatchNorm2d (eps 1e-5) [+ input] -> ReLU``.
+
+* audio encoder: one Wav2Lip mel window [B, 80 mel, 16 steps, 1] (0.2 s around the frame) ->
+  13 blocks (strides (3,1), 3, (3,2)) -> [B, 1, 1, 512] -> the 512-d embedding. Its last block
+  ends in ReLU, so embeddings are >= 0.
+* face encoder: the lower half of 5 consecutive face crops, stacked on channels,
+  [B, H, W, 15] (Wav2Lip: 48 x 96) -> 17 blocks -> [B, 1, 1, 512] at 48 x 96.
+* ``SyncNet.__call__`` returns both embeddings L2-normalised; ``sync_probability`` is Wav2Lip's
+  cosine similarity (in [0, 1] since the embeddings are >= 0), used with a BCE loss.
+
+BatchNorm is functional: running mean / variance are ``nnx.BatchStat`` variables (the trainer's
+``state.rest``), updated by a call with ``train=True`` (torch momentum 0.1 = flax 0.9, biased
+batch variance for the normalisation as torch) and read with ``train=False`` (eval, frozen).
+Torch updates the running variance with the *unbiased* batch variance; flax with the biased
+one, a factor n/(n-1) that only matters for tiny batches and never for loaded weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax import lax
+
+__all__ = ["ConvBlock", "AudioEncoder", "FaceEncoder", "SyncNet", "SyncNetConfig", "sync_probability",
+           "AUDIO_LAYERS", "FACE_LAYERS"]
+
+# (in, out, kernel, stride, padding, residual) per block, as the official Sequential lists them.
+AUDIO_LAYERS = (
+    (1, 32, 3, 1, 1, False), (32, 32, 3, 1, 1, True), (32, 32, 3, 1, 1, True),
+    (32, 64, 3, (3, 1), 1, False), (64, 64, 3, 1, 1, True), (64, 64, 3, 1, 1, True),
+    (64, 128, 3, 3, 1, False), (128, 128, 3, 1, 1, True), (128, 128, 3, 1, 1, True),
+    (128, 256, 3, (3, 2), 1, False), (256, 256, 3, 1, 1, True), (256, 256, 3, 1, 1, True),
+    (256, 512, 3, 1, 0, False), (512, 512, 1, 1, 0, False),
+)
+FACE_LAYERS = (
+    (15, 32, 7, 1, 3, False),
+    (32, 64, 5, (1, 2), 1, False), (64, 64, 3, 1, 1, True), (64, 64, 3, 1, 1, True),
+    (64, 128, 3, 2, 1, False), (128, 128, 3, 1, 1, True), (128, 128, 3, 1, 1, True),
+    (128, 128, 3, 1, 1, True),
+    (128, 256, 3, 2, 1, False), (256, 256, 3, 1, 1, True), (256, 256, 3, 1, 1, True),
+    (256, 512, 3, 2, 1, False), (512, 512, 3, 1, 1, True), (512, 512, 3, 1, 1, True),
+    (512, 512, 3, 2, 1, False), (512, 512, 3, 1, 0, False), (512, 512, 1, 1, 0, False),
+)
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+class ConvBlock(nnx.Module):
+    """Wav2Lip's ``Conv2d`` block: conv (bias) -> BatchNorm -> (+ x if residual) -> ReLU.
+    x [B,H,W,Cin] -> [B,H',W',Cout]. Weight [kh,kw,Cin,Cout] (torch [Cout,Cin,kh,kw])."""
+
+    def __init__(self, cin: int, cout: int, kernel, stride, padding, residual: bool = False, *,
+                 rngs: nnx.Rngs, param_dtype=jnp.float32):
+        kh, kw = _pair(kernel)
+        self.stride, self.padding, self.residual = _pair(stride), _pair(padding), residual
+        bound = 1.0 / (cin * kh * kw) ** 0.5  # torch's default conv init (kaiming_uniform a=sqrt 5)
+        self.weight = nnx.Param(jax.random.uniform(rngs.params(), (kh, kw, cin, cout), param_dtype,
+                                                   -bound, bound))
+        self.bias = nnx.Param(jax.random.uniform(rngs.params(), (cout,), param_dtype, -bound, bound))
+        self.bn = nnx.BatchNorm(cout, momentum=0.9, epsilon=1e-5, rngs=rngs, param_dtype=param_dtype)
+
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        (ph, pw) = self.padding
+        out = lax.conv_general_dilated(x, self.weight[...].astype(x.dtype), self.stride,
+                                       ((ph, ph), (pw, pw)),
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        out = self.bn(out + self.bias[...].astype(x.dtype), use_running_average=not train)
+        if self.residual:
+            out = out + x
+        return jax.nn.relu(out)
+
+
+class _Encoder(nnx.Module):
+    layers: tuple
+
+    def __init__(self, *, rngs: nnx.Rngs, param_dtype=jnp.float32, width: float = 1.0):
+        blocks = []
+        for cin, cout, k, s, p, res in self.layers:
+            cin = cin if cin in (1, 15) else max(1, int(cin * width))
+            blocks.append(ConvBlock(cin, max(1, int(cout * width)), k, s, p, res, rngs=rngs,
+                                    param_dtype=param_dtype))
+        self.blocks = nnx.List(blocks)
+
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        for block in self.blocks:
+            x = block(x, train=train)
+        if x.shape[1:3] != (1, 1):
+            raise ValueError(f"{type(self).__name__} ends at {x.shape[1]}x{x.shape[2]}, not 1x1: "
+                             f"the input has the wrong size (see the class docstring)")
+        return x.reshape(x.shape[0], -1)
+
+
+class AudioEncoder(_Encoder):
+    """[B, 80, 16, 1] Wav2Lip mel windows (mel bins on H, time on W) -> [B, 512] (>= 0)."""
+    layers = AUDIO_LAYERS
+
+
+class FaceEncoder(_Encoder):
+    """[B, 48, 96, 15] lower-half face crops of 5 frames (RGB x 5 on channels) -> [B, 512]."""
+    layers = FACE_LAYERS
+
+
+@dataclass(frozen=True)
+class SyncNetConfig:
+    """``width`` scales every hidden channel count (1 = official; the tiny expert uses less).
+    ``face_size`` (H, W) of the lower-half crops; 48 x 96 official. The face encoder's strides
+    bring 48 x 96 to 1 x 1; other sizes must reach 1 x 1 too (e.g. 16 x 32 does not)."""
+    width: float = 1.0
+    face_size: tuple[int, int] = (48, 96)
+    frames: int = 5
+
+    @classmethod
+    def tiny(cls) -> "SyncNetConfig":
+        return cls(width=0.125)
+
+
+class SyncNet(nnx.Module):
+    """``SyncNet_color``: ``__call__(audio [B,80,16,1], face [B,H,W,15], train)`` ->
+    (audio embedding, face embedding), each [B, 512 x width], L2-normalised."""
+
+    def __init__(self, cfg: SyncNetConfig = SyncNetConfig(), *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+        self.cfg = cfg
+        self.face_encoder = FaceEncoder(rngs=rngs, param_dtype=param_dtype, width=cfg.width)
+        self.audio_encoder = AudioEncoder(rngs=rngs, param_dtype=param_dtype, width=cfg.width)
+
+    def __call__(self, audio: jax.Array, face: jax.Array, *, train: bool = False):
+        a = self.audio_encoder(audio, train=train)
+        v = self.face_encoder(face, train=train)
+        return _l2_normalize(a), _l2_normalize(v)
+
+
+def _l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+    """torch.nn.functional.normalize(p=2, dim=1): x / max(|x|, eps)."""
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+def sync_probability(audio_emb: jax.Array, face_emb: jax.Array) -> jax.Array:
+    """Wav2Lip's cosine similarity of normalised embeddings, [B] in [0, 1] (both are >= 0)."""
+    return jnp.clip(jnp.sum(audio_emb * face_emb, axis=-1), 0.0, 1.0)
