@@ -20,6 +20,11 @@ Stages and their samples (W = window length, frames at 25 fps):
 * ``expression``: ``mel_windows`` float32 [W,80,16] (Wav2Lip windows),
   ``expression`` float32 [W,64], ``controls`` float32 [W,21], ``exp0`` float32
   [64] (the window's first frame). W = 30 by default.
+* ``sync`` (the lip-sync expert): ``mel`` float32 [80,16], the Wav2Lip window of a frame f (0.2 s
+  centred on it), ``faces`` uint8 [W,H/2,W_img,3], the lower halves of frames f-2 .. f+2 (W = 5),
+  and ``label`` float32: 1 with probability 1/2 (the mel is frame f's), else 0 and the mel is
+  that of a frame g of the same clip with |g - f| >= W (``offset`` = g - f, int32). Clips need
+  3 W frames.
 
 Every sample also carries ``clip_index`` and ``start`` (int32) for tracing.
 Clips shorter than the window are left out when the pipeline is built (logged
@@ -43,8 +48,8 @@ from data_pipelines.records import ClipDataset, DatasetError
 
 log = logging.getLogger(__name__)
 
-STAGES = ("animator", "motion", "expression")
-DEFAULT_WINDOW = {"animator": 27, "motion": 150, "expression": 30}
+STAGES = ("animator", "motion", "expression", "sync")
+DEFAULT_WINDOW = {"animator": 27, "motion": 150, "expression": 30, "sync": 5}
 SPLITS = ("train", "heldout", "all")
 
 
@@ -160,7 +165,31 @@ class ExpressionSampler(_Sampler):
                 "start": np.int32(start)}
 
 
-_SAMPLERS = {"animator": AnimatorSampler, "motion": MotionSampler, "expression": ExpressionSampler}
+@dataclasses.dataclass
+class SyncSampler(_Sampler):
+    """(a frame's mel window, the lower halves of the W frames around it) in or out of sync."""
+
+    def sample(self, clip, rng):
+        from data_pipelines import audio
+
+        t, w = len(clip["frames"]), self.window
+        if t < 3 * w:
+            raise schema.BadRecordError(f"clip {clip['clip_id']} has {t} frames, fewer than {3 * w}")
+        half = w // 2
+        f = int(rng.integers(half, t - (w - half) + 1))
+        in_sync = bool(rng.random() < 0.5)
+        g = f
+        if not in_sync:  # a frame at least w away, uniformly among those
+            far = np.concatenate([np.arange(0, max(f - w + 1, 0)), np.arange(min(f + w, t), t)])
+            g = int(far[rng.integers(0, len(far))])
+        mel = audio.frame_mel_windows(clip["mel_80hz"], t)[g]
+        faces = np.stack([schema.decode_jpeg(clip["frames"][i]) for i in range(f - half, f - half + w)])
+        return {"mel": np.asarray(mel, np.float32), "faces": faces[:, faces.shape[1] // 2:],
+                "label": np.float32(in_sync), "offset": np.int32(g - f), "start": np.int32(f)}
+
+
+_SAMPLERS = {"animator": AnimatorSampler, "motion": MotionSampler, "expression": ExpressionSampler,
+             "sync": SyncSampler}
 
 
 def make_dataset(stage: str, data_dir, *, seed: int = 0, window: int | None = None, split: str = "train",
@@ -183,7 +212,7 @@ def make_dataset(stage: str, data_dir, *, seed: int = 0, window: int | None = No
     if shard_index is None or shard_count is None:
         import jax
         shard_index, shard_count = jax.process_index(), jax.process_count()
-    min_frames = 1 if stage == "animator" else window
+    min_frames = {"animator": 1, "sync": 3 * window}.get(stage, window)
     eligible = select_clips(clips.index, split=split, heldout_fraction=heldout_fraction, min_frames=min_frames)
     if len(eligible) < shard_count:
         raise DatasetError(f"{clips.root}: only {len(eligible)} {split!r} clips with >= {min_frames} frames, "

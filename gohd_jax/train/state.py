@@ -44,10 +44,10 @@ class StepContext:
     def model(self, state: TrainState, name: str, params=None) -> nnx.Module:
         """A live module for ``name`` (optionally with other ``params``, e.g. inside grad)."""
         p = state.params[name] if params is None else params
-        return nnx.merge(self.graphdefs[name], p, state.rest[name])
+        return nnx.merge(self.graphdefs[name], p, state.rest[name], copy=True)
 
     def ema_model(self, state: TrainState, name: str) -> nnx.Module:
-        return nnx.merge(self.graphdefs[name], state.ema[name], state.rest[name])
+        return nnx.merge(self.graphdefs[name], state.ema[name], state.rest[name], copy=True)
 
     @staticmethod
     def rest_of(module: nnx.Module) -> Any:

@@ -9,6 +9,9 @@ TASKS = {
     "mouth_regressor": "gohd_jax.train.tasks.mouth_regressor:MouthRegressorTask",
     "animator": "gohd_jax.train.tasks.animator:AnimatorTask",
     "motion_diffusion": "gohd_jax.train.tasks.motion_diffusion:MotionDiffusionTask",
+    "syncnet": "gohd_jax.train.tasks.syncnet:SyncNetTask",
+    "expression_stage1": "gohd_jax.train.tasks.expression:ExpressionStage1Task",
+    "expression_stage2": "gohd_jax.train.tasks.expression:ExpressionStage2Task",
 }
 
 

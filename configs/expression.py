@@ -1,0 +1,76 @@
+"""Expression: the lip-sync expert (SyncNet), stage 1 (frame-wise lips) and stage 2 (LSTM controls).
+
+    python launch/train.py --config=configs/expression.py:sync_tiny --workdir=workdir/sync \
+        --config.data.dir=workdir/demo/data/synthetic
+
+Variants (``_tiny``: narrow models that train on CPU in minutes, for ``make demo``):
+  sync, sync_tiny   the lip-sync expert: Wav2Lip's SyncNet_color trained with BCE on in-sync vs
+                    shifted (mel window, 5 lower-half face crops) pairs. Wav2Lip's lr 1e-4, batch 64.
+  stage1, stage1_tiny
+                    frame-wise expression from audio + exp0 + the 21 ground-truth controls, MSE;
+                    the audio encoder from the expert run in task.expert, frozen (empty: trained).
+  stage2, stage2_tiny
+                    the LSTM control generator on the frozen stage 1 of task.stage1; expression
+                    MSE + the blink statistics term (task.loss.blink).
+
+    python launch/train.py --config=configs/expression.py:stage1_tiny --workdir=workdir/stage1 \
+        --config.task.expert=workdir/sync
+    python launch/train.py --config=configs/expression.py:stage2_tiny --workdir=workdir/stage2 \
+        --config.task.stage1=workdir/stage1
+"""
+
+import ml_collections
+
+VARIANTS = ("sync", "sync_tiny", "stage1", "stage1_tiny", "stage2", "stage2_tiny")
+
+
+def _base() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.batch_size = 64
+    c.num_steps = 200_000
+    c.log_every = 100
+    c.eval_every = 5000
+    c.eval_steps = 8
+    c.checkpoint_every = 5000
+    c.keep_checkpoints = 3
+    c.ema_decay = 0.0
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
+    c.sharding_rules = ((".*", "fsdp"),)
+    c.data = ml_collections.ConfigDict({"dir": "workdir/demo/data/synthetic", "heldout_fraction": 0.25,
+                                        "num_workers": 4})
+    return c
+
+
+def get_config(variant: str = "sync_tiny") -> ml_collections.ConfigDict:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}: choose one of {', '.join(VARIANTS)}")
+    stage, _, size = variant.partition("_")
+    c = _base()
+    if stage == "sync":
+        c.task_name = "syncnet"
+        c.task = ml_collections.ConfigDict({"learning_rate": 1e-4})
+        c.task.model = ml_collections.ConfigDict({"preset": "official"})
+        if size == "tiny":
+            c.update(batch_size=32, num_steps=600, log_every=50, eval_every=300, eval_steps=4,
+                     checkpoint_every=300)
+            c.data.num_workers = 0
+            c.task.learning_rate = 1e-3
+            c.task.model.preset = "tiny"
+        return c
+    c.task_name = f"expression_{stage}"
+    c.ema_decay = 0.999
+    c.data.window = 30
+    # mouth_dims: the expression coefficients the mouth metrics read (synthetic data: jaw, width,
+    # rounding; for BFM expressions pick the mouth-related coefficients of your data).
+    c.task = ml_collections.ConfigDict({"learning_rate": 1e-4, "controls": 21, "mouth_dims": (0, 1, 2),
+                                        "expert": "", "stage1": ""})
+    c.task.model = ml_collections.ConfigDict({"preset": "official"})
+    c.task.loss = ml_collections.ConfigDict({"blink": 1.0})
+    if size == "tiny":
+        c.update(batch_size=16, num_steps=600 if stage == "stage1" else 400, log_every=50,
+                 eval_every=200, eval_steps=4, checkpoint_every=200, ema_decay=0.99)
+        c.data.num_workers = 0
+        c.task.learning_rate = 2e-3
+        c.task.model.preset = "tiny"
+    return c

@@ -1,0 +1,216 @@
+"""The two expression stages on the trainer (GoHD's two-stage training, dossier section 7).
+
+Samples: windows of the ``expression`` pipeline: ``mel_windows`` [W,80,16] (Wav2Lip windows, one
+per frame), ``expression`` [W,64], ``controls`` [W,21] (blink ratio + 20 brow values), ``exp0``.
+
+* ``ExpressionStage1Task`` ("expression_stage1"): ``FrameExpression`` regresses the expression of
+  every frame from its audio window, exp0 and the ground-truth controls; loss = MSE over the 64
+  coefficients. The audio encoder is either initialised from a trained lip-sync expert
+  (``task.expert`` = its run directory) and frozen, as GoHD freezes Wav2Lip's, or trained with the
+  head (no expert; its BatchNorm statistics are then updated). The release's variant without
+  controls is ``task.controls = 0``.
+* ``ExpressionStage2Task`` ("expression_stage2"): ``TwoStageExpression`` with stage 1 (audio
+  encoder and head) restored from a stage-1 run (``task.stage1``) and frozen; the LSTM generates
+  the controls from audio, exp0, control0 and per-step noise; the expression that stage 1 makes
+  of them is compared with the ground truth (MSE), plus the blink statistics term below.
+
+Blink statistics term (``task.loss.blink``): an expression MSE alone pulls a noise-driven
+generator towards the mean, i.e. eyes that never close. With c_t = sigmoid((0.15 - r_t) / 0.02)
+a soft "eyes closed" of the blink ratio r_t (open eyes 0.28-0.35, closed 0.03), the batch's
+closed fraction mean(c) (rate x duration) and closing rate mean(relu(c_t - c_{t-1})) (blinks per
+frame) are matched to the ground truth's, each as a squared relative error
+((gen - gt) / (gt + 0.01))^2. Batch statistics, not per-window targets: when the blinks come stays
+free.
+
+Eval: the loss, the mouth error of ``task.mouth_dims`` and the "copy exp0" baseline's.
+Clip-level metrics (correlation, blink rate and duration, the expert's sync confidence) are
+``gohd_jax.eval.expression``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from data_pipelines import pipelines
+from gohd_jax.models.expression import ExpressionConfig, FrameExpression, TwoStageExpression
+from gohd_jax.train.task import Task
+
+__all__ = ["ExpressionStage1Task", "ExpressionStage2Task", "expression_config", "blink_statistics",
+           "CLOSED_RATIO", "CLOSED_TEMPERATURE"]
+
+CLOSED_RATIO = 0.15       # blink ratio below which the eyes count as closed
+CLOSED_TEMPERATURE = 0.02
+
+
+def expression_config(task_cfg) -> ExpressionConfig:
+    preset = task_cfg.model.preset
+    if preset == "official":
+        base = ExpressionConfig()
+    elif preset == "tiny":
+        base = ExpressionConfig.tiny()
+    else:
+        raise ValueError(f"unknown model preset {preset!r}: choose tiny or official")
+    overrides = {k: v for k, v in task_cfg.model.items() if k != "preset"}
+    overrides.setdefault("controls", int(task_cfg.get("controls", base.controls)))
+    return ExpressionConfig(**{**base.__dict__, **overrides})
+
+
+def blink_statistics(ratio: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(closed fraction, closings per frame) of blink ratios [B,T], soft (see the module docstring)."""
+    closed = jax.nn.sigmoid((CLOSED_RATIO - ratio) / CLOSED_TEMPERATURE)
+    return jnp.mean(closed), jnp.mean(jax.nn.relu(closed[:, 1:] - closed[:, :-1]))
+
+
+def _copy_vars(dst: nnx.Module, src_state: nnx.State) -> None:
+    """Writes a state (params and batch stats) of the same architecture into ``dst``."""
+    nnx.update(dst, src_state)
+
+
+class _ExpressionTask(Task):
+    ema_models = ("expression",)
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model_cfg = expression_config(config.task)
+        self.mouth_dims = tuple(int(i) for i in config.task.mouth_dims)
+
+    def optimizers(self):
+        return {"expression": optax.adam(float(self.config.task.learning_rate))}
+
+    def dataset(self, split, *, seed, shard_index, shard_count):
+        d = self.config.data
+        return pipelines.make_dataset("expression", d.dir, seed=seed, split=split, window=int(d.window),
+                                      shard_index=shard_index, shard_count=shard_count,
+                                      heldout_fraction=float(d.heldout_fraction))
+
+    def _mouth(self, x):
+        return x[..., list(self.mouth_dims)]
+
+    def _eval_terms(self, exp, batch) -> dict[str, jax.Array]:
+        gt = batch["expression"]
+        copy = jnp.broadcast_to(batch["exp0"][:, None], gt.shape)
+        return {"loss": jnp.mean((exp - gt) ** 2),
+                "mouth_mae": jnp.mean(jnp.abs(self._mouth(exp) - self._mouth(gt))),
+                "mouth_mae_copy_exp0": jnp.mean(jnp.abs(self._mouth(copy) - self._mouth(gt)))}
+
+
+class ExpressionStage1Task(_ExpressionTask):
+    def __init__(self, config):
+        super().__init__(config)
+        self.expert = str(config.task.get("expert", "") or "")
+        self._expert_encoder = None
+        if self.expert:
+            from gohd_jax.train.restore import load_model
+
+            sync = load_model(self.expert, "syncnet", expect_task="syncnet")
+            enc = sync.audio_encoder
+            if abs(sync.cfg.width - self.model_cfg.audio_width) > 1e-9:
+                raise ValueError(f"the expert's audio encoder has width {sync.cfg.width}, the stage-1 "
+                                 f"model {self.model_cfg.audio_width}: set task.model.audio_width")
+            self._expert_encoder = jax.tree_util.tree_map(np.asarray, nnx.state(enc))
+
+    @property
+    def frozen_encoder(self) -> bool:
+        return self._expert_encoder is not None
+
+    def create_models(self, rngs):
+        model = FrameExpression(self.model_cfg, rngs=rngs)
+        if self._expert_encoder is not None:
+            _copy_vars(model.audio_encoder, jax.tree_util.tree_map(jnp.asarray, self._expert_encoder))
+        return {"expression": model}
+
+    def _controls(self, batch):
+        return batch["controls"][..., : self.model_cfg.controls] if self.model_cfg.controls else None
+
+    def train_step(self, ctx, state, batch, key):
+        del key
+        train_bn = not self.frozen_encoder
+
+        def loss_fn(params):
+            model = ctx.model(state, "expression", params)
+            em = model.embed_audio(batch["mel_windows"], train=train_bn)
+            if self.frozen_encoder:
+                em = jax.lax.stop_gradient(em)
+            exp = model.head(em, batch["exp0"], self._controls(batch))
+            return jnp.mean((exp - batch["expression"]) ** 2), (ctx.rest_of(model), exp)
+
+        (loss, (rest, exp)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params["expression"])
+        state = ctx.apply_gradients(state, "expression", grads, rest=rest if train_bn else None)
+        mouth = jnp.mean(jnp.abs(self._mouth(exp) - self._mouth(batch["expression"])))
+        return state, {"loss": loss, "mouth_mae": mouth, "grad_norm": optax.global_norm(grads)}
+
+    def eval_step(self, ctx, state, batch):
+        model = ctx.ema_model(state, "expression") if state.ema else ctx.model(state, "expression")
+        return self._eval_terms(model(batch["mel_windows"], batch["exp0"], self._controls(batch)), batch)
+
+    def describe(self):
+        return {"controls": self.model_cfg.controls, "audio_encoder": f"frozen expert {self.expert}"
+                if self.expert else "trained (no expert given)"}
+
+
+class ExpressionStage2Task(_ExpressionTask):
+    def __init__(self, config):
+        super().__init__(config)
+        if self.model_cfg.controls != self.model_cfg.control_dim:
+            raise ValueError(f"stage 2 generates the {self.model_cfg.control_dim} controls stage 1 "
+                             f"reads: task.controls must be {self.model_cfg.control_dim}")
+        stage1 = str(config.task.get("stage1", "") or "")
+        if not stage1:
+            raise ValueError("stage 2 needs a trained stage 1: set task.stage1 to its run directory")
+        from gohd_jax.train.restore import load_model
+
+        s1 = load_model(stage1, "expression", expect_task="expression_stage1")
+        if s1.cfg.controls != self.model_cfg.controls or s1.cfg.audio_width != self.model_cfg.audio_width:
+            raise ValueError(f"{stage1}: its stage 1 (controls {s1.cfg.controls}, audio width "
+                             f"{s1.cfg.audio_width}) does not match this config")
+        self.stage1_dir = stage1
+        self._stage1 = jax.tree_util.tree_map(np.asarray, nnx.state(s1))
+
+    def create_models(self, rngs):
+        model = TwoStageExpression(self.model_cfg, rngs=rngs)
+        _copy_vars(model.stage1, jax.tree_util.tree_map(jnp.asarray, self._stage1))
+        return {"expression": model}
+
+    def optimizers(self):
+        adam = optax.adam(float(self.config.task.learning_rate))
+
+        def labels(params):  # stage 1 is frozen: only the LSTM stage learns
+            return jax.tree_util.tree_map_with_path(
+                lambda path, _: "frozen" if getattr(path[0], "key", None) == "stage1" else "train", params)
+        return {"expression": optax.multi_transform({"train": adam, "frozen": optax.set_to_zero()}, labels)}
+
+    def _generate(self, model, batch, key):
+        em = jax.lax.stop_gradient(model.stage1.embed_audio(batch["mel_windows"]))
+        control0 = batch["controls"][:, 0]
+        controls = model.stage2.sample(em, batch["exp0"], control0, key)
+        return controls, model.stage1.head(em, batch["exp0"], controls)
+
+    def train_step(self, ctx, state, batch, key):
+        w = self.config.task.loss
+
+        def loss_fn(params):
+            controls, exp = self._generate(ctx.model(state, "expression", params), batch, key)
+            terms = {"loss_expression": jnp.mean((exp - batch["expression"]) ** 2)}
+            gen = blink_statistics(controls[..., 0])
+            gt = blink_statistics(batch["controls"][..., 0])
+            terms["loss_blink"] = sum(((g - t) / (t + 0.01)) ** 2 for g, t in zip(gen, gt))
+            total = terms["loss_expression"] + float(w.blink) * terms["loss_blink"]
+            return total, (terms, gen)
+
+        (loss, (terms, gen)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params["expression"])
+        state = ctx.apply_gradients(state, "expression", grads)
+        return state, {"loss": loss, **terms, "closed_fraction": gen[0],
+                       "grad_norm": optax.global_norm(grads)}
+
+    def eval_step(self, ctx, state, batch):
+        model = ctx.ema_model(state, "expression") if state.ema else ctx.model(state, "expression")
+        controls, exp = self._generate(model, batch, jax.random.key(0))
+        gen, gt = blink_statistics(controls[..., 0]), blink_statistics(batch["controls"][..., 0])
+        return {**self._eval_terms(exp, batch), "closed_fraction": gen[0], "closed_fraction_gt": gt[0]}
+
+    def describe(self):
+        return {"stage1": self.stage1_dir, "blink_weight": float(self.config.task.loss.blink)}
