@@ -14,7 +14,8 @@ from flax import nnx
 from gohd_jax.interop import expression_weights as ew
 from gohd_jax.interop import oracle_weights as ow
 from gohd_jax.interop import parity
-from gohd_jax.models.expression import LSTM, ExpressionConfig, FrameExpression, TwoStageExpression
+from gohd_jax.models.expression import ExpressionConfig, FrameExpression, TwoStageExpression
+from gohd_jax.nn.lstm import LSTM
 from gohd_jax.models.syncnet import SyncNet, SyncNetConfig, sync_probability
 from tests.conftest import require_shared
 
@@ -102,3 +103,74 @@ def test_syncnet_batchnorm_updates_in_training_and_is_frozen_in_eval():
     assert float(np.abs(np.asarray(model.audio_encoder.blocks[0].bn.mean[...]) - mean0).max()) > 1e-4
     with pytest.raises(ValueError, match="1x1"):
         model.face_encoder(jnp.zeros((1, 32, 32, 15)))
+
+
+def test_windowed_expression_blends_the_shared_frame_and_compiles_once():
+    from gohd_jax.infer.expression import ExpressionWindows, generate_expression
+
+    model = FrameExpression(ExpressionConfig.tiny(controls=0), rngs=nnx.Rngs(3))
+    rng = np.random.default_rng(4)
+    mel = rng.normal(size=(2, 70, 80, 16)).astype(np.float32)
+    exp0 = rng.normal(size=(2, 64)).astype(np.float32)
+    gen = ExpressionWindows(model, window=30)
+    chunks = list(gen.iter_windows(mel, exp0))
+    assert [s for s, _, _ in chunks] == [0, 29, 58] and [e.shape[1] for _, e, _ in chunks] == [30, 30, 12]
+    assert gen.cache_size() == 1  # the short last window is padded
+    direct = np.asarray(model(jnp.asarray(mel[:, :30]), jnp.asarray(exp0)))
+    np.testing.assert_allclose(chunks[0][1][:, 1:], direct[:, 1:], atol=1e-5)
+    np.testing.assert_allclose(chunks[0][1][:, 0], (exp0 + direct[:, 0]) / 2, atol=1e-5)
+    # window 2 is conditioned on window 1's last frame, and blends its first row with it
+    prev = chunks[0][1][:, -1]
+    second = np.asarray(model(jnp.asarray(mel[:, 29:59]), jnp.asarray(prev)))
+    np.testing.assert_allclose(chunks[1][1][:, 0], (prev + second[:, 0]) / 2, atol=1e-5)
+    full, ctrl = generate_expression(model, mel, exp0, window=30)
+    assert full.shape == (2, 70, 64) and ctrl is None
+    np.testing.assert_array_equal(full[:, 29], chunks[1][1][:, 0])
+
+
+def test_two_stage_windows_carry_the_controls():
+    from gohd_jax.infer.expression import generate_expression
+
+    cfg = ExpressionConfig.tiny()
+    model = TwoStageExpression(cfg, rngs=nnx.Rngs(0))
+    mel = np.random.default_rng(5).normal(size=(1, 40, 80, 16)).astype(np.float32)
+    control0 = np.full((1, 21), 0.3, np.float32)
+    exp, ctrl = generate_expression(model, mel, np.zeros((1, 64), np.float32), controls=control0,
+                                    key=jax.random.key(2), window=16)
+    assert exp.shape == (1, 40, 64) and ctrl.shape == (1, 40, 21)
+    np.testing.assert_array_equal(ctrl[:, 0], control0)
+    with pytest.raises(ValueError, match="control0"):
+        generate_expression(model, mel, np.zeros((1, 64), np.float32), window=16)
+
+
+def test_blink_and_mouth_metrics():
+    from gohd_jax.eval import expression as E
+
+    ratio = np.full(50, 0.3)
+    ratio[10:14] = 0.03
+    ratio[30:36] = 0.05
+    assert E.blink_events(ratio) == [(10, 4), (30, 6)]
+    stats = E.blink_stats(ratio[None])
+    assert stats["duration_frames"] == 5.0 and stats["rate_per_min"] == pytest.approx(2 / (50 / 25 / 60))
+    assert E.blink_stats(np.full((1, 50), 0.3)) == {"rate_per_min": 0.0, "duration_frames": 0.0}
+    gt = np.random.default_rng(0).normal(size=(2, 40, 64))
+    m = E.mouth_metrics(gt, gt)
+    assert m["mae"] == 0.0 and m["corr"] == pytest.approx(1.0)
+    const = E.mouth_metrics(np.repeat(gt[:, :1], 40, 1), gt)
+    assert const["corr"] == 0.0 and const["mae"] > 0.5
+
+
+def test_sync_pipeline_pairs(tmp_path):
+    from data_pipelines import pipelines
+    from data_pipelines.synthetic.cli import write_synthetic_dataset
+    from data_pipelines.synthetic.generator import SynthConfig
+
+    write_synthetic_dataset(tmp_path, SynthConfig(size=32, seconds=2.0, num_identities=2, seed=3), 2,
+                            clips_per_shard=2, workers=0)
+    ds = pipelines.make_dataset("sync", tmp_path, split="all", shard_index=0, shard_count=1)
+    samples = [ds[i] for i in range(40)]
+    labels = np.array([s["label"] for s in samples])
+    assert 0 < labels.mean() < 1
+    for s in samples:
+        assert s["mel"].shape == (80, 16) and s["faces"].shape == (5, 16, 32, 3) and s["faces"].dtype == np.uint8
+        assert (s["offset"] == 0) if s["label"] == 1 else abs(int(s["offset"])) >= 5

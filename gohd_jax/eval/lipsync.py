@@ -35,7 +35,7 @@ def clip_embeddings(model, mel_windows: np.ndarray, frames: np.ndarray, *, face_
     import jax.numpy as jnp
     from flax import nnx
 
-    from gohd_jax.train.tasks.syncnet import face_input
+    from gohd_jax.models.syncnet import face_input
 
     t = len(frames)
     if len(mel_windows) != t:

@@ -29,7 +29,7 @@ from flax import nnx
 from jax import lax
 
 __all__ = ["ConvBlock", "AudioEncoder", "FaceEncoder", "SyncNet", "SyncNetConfig", "sync_probability",
-           "AUDIO_LAYERS", "FACE_LAYERS"]
+           "face_input", "AUDIO_LAYERS", "FACE_LAYERS"]
 
 # (in, out, kernel, stride, padding, residual) per block, as the official Sequential lists them.
 AUDIO_LAYERS = (
@@ -146,3 +146,12 @@ def _l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
 def sync_probability(audio_emb: jax.Array, face_emb: jax.Array) -> jax.Array:
     """Wav2Lip's cosine similarity of normalised embeddings, [B] in [0, 1] (both are >= 0)."""
     return jnp.clip(jnp.sum(audio_emb * face_emb, axis=-1), 0.0, 1.0)
+
+
+def face_input(faces: jax.Array, face_size: tuple[int, int]) -> jax.Array:
+    """uint8 lower-half crops [B, 5, h, w, 3] -> the face encoder's float [B, H, W, 15] in [0, 1]."""
+    b, n, h, w, c = faces.shape
+    x = faces.astype(jnp.float32) / 255.0
+    if (h, w) != tuple(face_size):
+        x = jax.image.resize(x, (b, n, *face_size, c), "linear")
+    return jnp.moveaxis(x, 1, 3).reshape(b, *face_size, n * c)

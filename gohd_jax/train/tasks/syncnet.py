@@ -18,10 +18,10 @@ import jax.numpy as jnp
 import optax
 
 from data_pipelines import pipelines
-from gohd_jax.models.syncnet import SyncNet, SyncNetConfig, sync_probability
+from gohd_jax.models.syncnet import SyncNet, SyncNetConfig, face_input, sync_probability
 from gohd_jax.train.task import Task
 
-__all__ = ["SyncNetTask", "syncnet_config", "face_input"]
+__all__ = ["SyncNetTask", "syncnet_config", "bce"]
 
 
 def syncnet_config(task_cfg) -> SyncNetConfig:
@@ -31,15 +31,6 @@ def syncnet_config(task_cfg) -> SyncNetConfig:
     base = SyncNetConfig.tiny() if preset == "tiny" else SyncNetConfig()
     width = float(task_cfg.model.get("width", base.width))
     return SyncNetConfig(width=width, face_size=base.face_size, frames=base.frames)
-
-
-def face_input(faces: jax.Array, face_size: tuple[int, int]) -> jax.Array:
-    """uint8 lower-half crops [B, 5, h, w, 3] -> the face encoder's float [B, H, W, 15] in [0, 1]."""
-    b, n, h, w, c = faces.shape
-    x = faces.astype(jnp.float32) / 255.0
-    if (h, w) != tuple(face_size):
-        x = jax.image.resize(x, (b, n, *face_size, c), "linear")
-    return jnp.moveaxis(x, 1, 3).reshape(b, *face_size, n * c)
 
 
 def bce(p: jax.Array, label: jax.Array, eps: float = 1e-7) -> jax.Array:
