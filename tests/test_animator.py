@@ -147,8 +147,9 @@ def test_source_encoding_is_reused_across_frames(tiny):
 
 
 def test_identity_init_starts_by_passing_the_source_through():
-    """identity_init: every scale samples the source feature where it is, with mask >= 0.95 and
-    SFT = identity (the official init displaces samples by a random fraction of the image)."""
+    """identity_init: every scale samples the source feature where it is, with mask >= 0.95,
+    SFT = identity, and the output starts as the source (the official init displaces samples by
+    a random fraction of the image)."""
     model = SemanticAnimator(AnimatorConfig.tiny(identity_init=True), rngs=nnx.Rngs(0))
     rng = np.random.default_rng(2)
     src = jnp.asarray(rng.uniform(-1, 1, (1, 64, 64, 3)), jnp.float32)
@@ -159,8 +160,18 @@ def test_identity_init_starts_by_passing_the_source_through():
         assert float(mask.min()) >= float(jax.nn.sigmoid(3.0)) - 1e-6  # +3 per scale, accumulated
     feat = jnp.asarray(rng.standard_normal((1, 64, 64, 16)), jnp.float32)
     np.testing.assert_allclose(model.dec.sft[0](feat, out["latent"]), feat, atol=1e-6)
+    # ... and the image path reproduces the source, up to the release grid's half-pixel zoom,
+    # which halves the border pixels: inside the border the error is small
+    # (on a smooth image: the blur is what a half-pixel shift does to it)
+    yy, xx = np.meshgrid(np.linspace(0, 3, 64), np.linspace(0, 3, 64), indexing="ij")
+    smooth = jnp.asarray(np.stack([np.sin(xx), np.cos(yy), np.sin(xx + yy)], -1)[None] * 0.9, jnp.float32)
+    rgb = _FWD(model, smooth, sem)["rgb"][0]
+    inner = (slice(None), slice(3, -3), slice(3, -3))
+    assert float(jnp.abs(rgb - smooth)[inner].max()) < 0.05
     official = _FWD(SemanticAnimator(AnimatorConfig.tiny(), rngs=nnx.Rngs(0)), src, sem)
     assert float(jnp.abs(official["flow_raw"][0][..., :2]).mean()) > 0.1
+    assert float(jnp.abs(_FWD(SemanticAnimator(AnimatorConfig.tiny(), rngs=nnx.Rngs(0)), smooth, sem)["rgb"][0]
+                         - smooth)[inner].mean()) > 0.3
 
 
 def test_release_sft_wiring_changes_the_output(tiny):

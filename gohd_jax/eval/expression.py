@@ -116,9 +116,12 @@ def expression_report(methods: dict[str, tuple[np.ndarray, np.ndarray]], held: d
         if expert is not None:
             scores = []
             for i, ident in enumerate(held["identity_id"]):
-                desc = held["descriptors"][i].copy()
-                desc[:, : exp.shape[-1]] = exp[i]
-                frames = render_clip(ident, desc, held["frames"].shape[2])
+                if name == "ground_truth":  # the clip's own frames
+                    frames = held["frames"][i]
+                else:
+                    desc = held["descriptors"][i].copy()
+                    desc[:, : exp.shape[-1]] = exp[i]
+                    frames = render_clip(ident, desc, held["frames"].shape[2])
                 scores.append(lipsync.sync_scores(*lipsync.clip_embeddings(expert, held["mel_windows"][i], frames)))
             r.update(lse_c=float(np.mean([s["lse_c"] for s in scores])),
                      lse_d=float(np.mean([s["lse_d"] for s in scores])),
@@ -135,3 +138,31 @@ def format_report(report: dict) -> str:
     for name, r in report.items():
         lines.append(f"  {name:22s}" + "".join(f"{r[k]:13.4f}" for k, _ in cols))
     return "\n".join(lines)
+
+
+def evaluate_runs(data_dir, *, stage1_dir=None, stage2_dir=None, expert_dir=None, seed: int = 0,
+                  window: int = 30, mouth_dims=(0, 1, 2), heldout_fraction: float = 0.25,
+                  max_clips: int | None = None) -> dict:
+    """The report of ``expression_report`` for trained runs (any may be None): stage 1 with the
+    ground-truth controls, the two-stage model (stage 2's run) with generated controls, windowed
+    as at inference; lip sync scored by the expert run when given."""
+    import jax
+
+    from gohd_jax.infer.expression import generate_expression
+    from gohd_jax.train.restore import load_model
+
+    held = heldout_expression(data_dir, heldout_fraction=heldout_fraction, min_frames=window,
+                              max_clips=max_clips)
+    exp0, methods = held["expression"][:, 0], {}
+    if stage1_dir:
+        s1 = load_model(stage1_dir, "expression", expect_task="expression_stage1")
+        ctrl = held["controls"][..., : s1.cfg.controls] if s1.cfg.controls else None
+        exp, _ = generate_expression(s1, held["mel_windows"], exp0, controls=ctrl, window=window)
+        methods["stage1_true_controls"] = (exp, held["controls"][..., 0])
+    if stage2_dir:
+        two = load_model(stage2_dir, "expression", expect_task="expression_stage2")
+        exp, ctrl = generate_expression(two, held["mel_windows"], exp0, controls=held["controls"][:, 0],
+                                        key=jax.random.key(seed), window=window)
+        methods["two_stage"] = (exp, ctrl[..., 0])
+    expert = load_model(expert_dir, "syncnet", expect_task="syncnet") if expert_dir else None
+    return expression_report(methods, held, expert=expert, mouth_dims=mouth_dims)

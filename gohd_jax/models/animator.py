@@ -38,7 +38,7 @@ from flax import nnx
 from jax import lax
 
 from gohd_jax.nn.stylegan import (DEFAULT_BLUR, ConstantInput, Conv2d, ConvLayer, EqualConv2d,
-                                  EqualLinear, ResBlock, StyledConv, ToFlow, ToRGB, leaky_relu,
+                                  EqualLinear, ResBlock, SQRT2, StyledConv, ToFlow, ToRGB, leaky_relu,
                                   normal_init, uniform_init)
 
 __all__ = ["OFFICIAL_CHANNELS", "resolve_channels", "AnimatorConfig", "EncoderApp", "Conv1d", "MappingNet",
@@ -66,9 +66,11 @@ class AnimatorConfig:
     """Architecture of the animator (and of the plain LIA generator, which ignores the
     semantics fields).
 
-    ``identity_init`` (training from scratch): the decoder starts by warping the source with the
-    identity field and passing it through (see ``Synthesis._identity_init``); off for the
-    official init and for loading weights, which overwrite it anyway.
+    ``identity_init`` (training from scratch): the generator starts as "copy the source": the
+    decoder warps with the identity field and passes features through (``Synthesis._identity_init``),
+    and the image path is set to reproduce the source pixels (``_WarpingGenerator._copy_source_init``).
+    Same architecture, another starting point; off for the official init and for loading weights,
+    which overwrite it anyway.
 
     Channels per resolution: ``channels`` (explicit ``((res, ch), …)`` pairs covering 4 … size)
     or else ``OFFICIAL_CHANNELS`` with the entries at resolution ≥ 64 times
@@ -392,6 +394,45 @@ class _WarpingGenerator(nnx.Module):
         self.config = config
         self.enc = self._encoder_cls(config, rngs=rngs, param_dtype=param_dtype)
         self.dec = Synthesis(config, rngs=rngs, param_dtype=param_dtype)
+        if config.identity_init:
+            self._copy_source_init()
+
+    def _copy_source_init(self) -> None:
+        """The image path reproduces the source at init (with the decoder's identity warp).
+
+        The encoder's first layer (1x1 ConvLayer, FusedLeakyReLU with slope 0.2 and gain sqrt 2)
+        maps RGB channel c to features c and c+3 as sqrt(2) lrelu(x_c) and sqrt(2) lrelu(-x_c),
+        whose difference is sqrt(2) 1.2 x_c; the top ToRGB reads that difference back, offset by
+        2 inside its own leaky ReLU to stay on the linear side, and removes the offset with its
+        output bias; every lower ToRGB starts at zero. The output is then the source, warped by
+        the release's "identity" field: its linspace grid sampled with align_corners=False is a
+        (W-1)/W zoom that blurs by up to half a pixel and halves the border pixels (34 dB inside
+        the border on the 64 px synthetic faces). The other encoder channels keep their random
+        init. Needs >= 6 channels at full resolution.
+        """
+        first = self.enc.net_app.convs[0]
+        c_in = first.conv.in_channels
+        w = first.conv.weight[...]
+        if w.shape[-1] < 2 * c_in:
+            raise ValueError(f"identity_init needs >= {2 * c_in} channels at full resolution")
+        eye = jnp.eye(c_in, dtype=w.dtype) / first.conv.scale
+        first.conv.weight[...] = w.at[0, 0, :, :2 * c_in].set(jnp.concatenate([eye, -eye], axis=1))
+        first.act.bias[...] = first.act.bias[...].at[:2 * c_in].set(0.0)
+        gain = 1.0 / (2.0 * 1.2)  # sqrt2 (ToRGB gain) * gain * sqrt2 * 1.2 (pair difference) = 1
+        for level, to_rgb in enumerate(self.dec.to_rgbs):
+            conv = to_rgb.conv  # ConvLayer: .conv (EqualConv2d) + .act (FusedLeakyReLU)
+            weight = jnp.zeros_like(conv.conv.weight[...])
+            act_bias = jnp.zeros_like(conv.act.bias[...])
+            out_bias = jnp.zeros_like(to_rgb.bias[...])
+            if level == len(self.dec.to_rgbs) - 1:
+                k = jnp.arange(c_in)
+                weight = weight.at[0, 0, k, k].set(gain / conv.conv.scale)
+                weight = weight.at[0, 0, k + c_in, k].set(-gain / conv.conv.scale)
+                act_bias = act_bias + 2.0
+                out_bias = out_bias - 2.0 * SQRT2
+            conv.conv.weight[...] = weight
+            conv.act.bias[...] = act_bias
+            to_rgb.bias[...] = out_bias
 
     def directions(self) -> jax.Array:
         """Q [D, M], the orthonormal motion directions."""
