@@ -38,6 +38,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/bench_trainer.py
 	$(PY) bench/bench_animator.py
 	$(PY) bench/bench_motion.py
+	$(PY) bench/bench_expression.py
 
 clean:
 	rm -rf $(VENV) workdir

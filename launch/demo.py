@@ -28,6 +28,11 @@ _WORKDIR = flags.DEFINE_string("workdir", "workdir/demo", "Where the dataset and
 _ANIMATOR_STEPS = flags.DEFINE_integer("animator_steps", 400, "Training steps of the tiny animator (0 = skip).")
 _POSE_STEPS = flags.DEFINE_integer("pose_steps", 600, "Training steps of the tiny pose denoiser (0 = skip).")
 _GAZE_STEPS = flags.DEFINE_integer("gaze_steps", 200, "Training steps of the tiny gaze denoiser (0 = skip).")
+_SYNC_STEPS = flags.DEFINE_integer("sync_steps", 300, "Training steps of the tiny lip-sync expert (0 = skip "
+                                   "the expression stages).")
+_STAGE1_STEPS = flags.DEFINE_integer("stage1_steps", 300, "Training steps of expression stage 1.")
+_STAGE2_STEPS = flags.DEFINE_integer("stage2_steps", 200, "Training steps of expression stage 2.")
+_EVAL_CLIPS = flags.DEFINE_integer("expression_eval_clips", 4, "Held-out clips the expression report renders.")
 
 
 def _preview(clips, path: Path, per_row: int = 8) -> None:
@@ -61,16 +66,27 @@ def _real_media_summary() -> str:
             f"{t} video frames; Wav2Lip mel windows {list(mels.shape)}, 100 Hz motion condition {list(cond.shape)}")
 
 
-def _train_mouth_regressor(data_dir: Path, run_dir: Path):
-    from configs import mouth_regressor
-    from gohd_jax.train.tasks.mouth_regressor import MouthRegressorTask
+def _train_expression(data_dir: Path, workdir: Path, steps: dict) -> dict:
+    """The lip-sync expert, stage 1 on its frozen audio encoder, stage 2 on frozen stage 1.
+    Returns {variant: (result, run_dir)}."""
+    from configs import expression
+    from gohd_jax.train.tasks import get_task_class
     from gohd_jax.train.trainer import Trainer
 
-    cfg = mouth_regressor.get_config("tiny")
-    cfg.data.dir = str(data_dir)
-    cfg.update(num_steps=300, log_every=50, eval_every=300, checkpoint_every=300)
-    logging.getLogger("gohd_jax").setLevel(logging.INFO)
-    return Trainer(MouthRegressorTask(cfg), cfg, run_dir).train()
+    out, runs = {}, {}
+    for variant, link in (("sync_tiny", None), ("stage1_tiny", ("expert", "sync_tiny")),
+                          ("stage2_tiny", ("stage1", "stage1_tiny"))):
+        n = steps[variant]
+        cfg = expression.get_config(variant)
+        cfg.data.dir = str(data_dir)
+        cfg.update(num_steps=n, log_every=100, eval_every=n, checkpoint_every=n)
+        if link is not None:
+            if link[1] not in runs:
+                continue
+            cfg.task[link[0]] = str(runs[link[1]])
+        runs[variant] = workdir / variant.removesuffix("_tiny")
+        out[variant] = (Trainer(get_task_class(cfg.task_name)(cfg), cfg, runs[variant]).train(), runs[variant])
+    return out
 
 
 def _train_animator(data_dir: Path, run_dir: Path, steps: int):
@@ -174,14 +190,6 @@ def main(argv) -> None:
         shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in batch.items() if k not in ("clip_index", "start"))
         print(f"{stage:10s} window {window:3d}: {shapes}")
 
-    print("\n== The trainer on its own test task: mel window -> mouth descriptor dims (configs/mouth_regressor.py)")
-    result = _train_mouth_regressor(data_dir, workdir / "mouth_regressor")
-    ev = result.eval_metrics
-    print(f"{result.status} at step {result.step}: held-out mse {ev['eval/mse']:.4f} vs "
-          f"{ev['eval/mse_predict_mean']:.4f} for predicting the mean "
-          f"({ev['eval/mse_predict_mean'] / ev['eval/mse']:.1f}x lower); checkpoints and metrics in "
-          f"{workdir / 'mouth_regressor'}")
-
     if _ANIMATOR_STEPS.value > 0:
         print(f"\n== The tiny animator (GoHD's Generator_Semantic, 64 px) as a self-reconstruction GAN, "
               f"{_ANIMATOR_STEPS.value} steps (configs/animator.py:tiny)")
@@ -204,6 +212,24 @@ def main(argv) -> None:
         print(f"{result.status} at step {result.step}: held-out eps-MSE {ev['eval/loss']:.4f} "
               f"(predicting zero: {ev['eval/loss_predict_zero']:.4f})")
         print(_motion_report(trainer, data_dir, target, workdir / f"{target}_heldout.npz"))
+
+    if _SYNC_STEPS.value > 0:
+        print(f"\n== Expression (configs/expression.py): the lip-sync expert ({_SYNC_STEPS.value} steps), "
+              f"stage 1 on its frozen audio encoder ({_STAGE1_STEPS.value}), stage 2's LSTM on frozen "
+              f"stage 1 ({_STAGE2_STEPS.value})")
+        from gohd_jax.eval import expression as expression_eval
+
+        runs = _train_expression(data_dir, workdir, {"sync_tiny": _SYNC_STEPS.value,
+                                                     "stage1_tiny": _STAGE1_STEPS.value,
+                                                     "stage2_tiny": _STAGE2_STEPS.value})
+        ev = runs["sync_tiny"][0].eval_metrics
+        print(f"expert: held-out accuracy {ev['eval/accuracy']:.3f} on in-sync vs shifted pairs (chance 0.5)")
+        report = expression_eval.evaluate_runs(
+            data_dir, stage1_dir=runs.get("stage1_tiny", (None, None))[1],
+            stage2_dir=runs.get("stage2_tiny", (None, None))[1], expert_dir=runs["sync_tiny"][1],
+            max_clips=_EVAL_CLIPS.value)
+        print(f"held-out expression, {_EVAL_CLIPS.value} clips (gohd_jax/eval/expression.py):")
+        print(expression_eval.format_report(report))
 
     preview = workdir / "synthetic_preview.png"
     _preview(clips, preview)

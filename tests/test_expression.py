@@ -174,3 +174,63 @@ def test_sync_pipeline_pairs(tmp_path):
     for s in samples:
         assert s["mel"].shape == (80, 16) and s["faces"].shape == (5, 16, 32, 3) and s["faces"].dtype == np.uint8
         assert (s["offset"] == 0) if s["label"] == 1 else abs(int(s["offset"])) >= 5
+
+
+# ------------------------------------------------------------------------------ training
+
+def _expr_config(variant, data_dir, **kw):
+    from configs import expression as econf
+
+    c = econf.get_config(variant)
+    c.data.dir = str(data_dir)
+    c.update(kw)
+    return c
+
+
+@pytest.fixture(scope="module")
+def synth_expr(tmp_path_factory):
+    from data_pipelines.synthetic.cli import write_synthetic_dataset
+    from data_pipelines.synthetic.generator import SynthConfig
+
+    root = tmp_path_factory.mktemp("synth_expr")
+    write_synthetic_dataset(root, SynthConfig(size=32, seconds=4.0, num_identities=4, seed=5), 8,
+                            clips_per_shard=8, workers=0)
+    return root
+
+
+@pytest.mark.slow
+def test_three_trainings_run_sharded_and_chain(synth_expr, tmp_path):
+    """Expert -> stage 1 (frozen expert encoder) -> stage 2 (frozen stage 1) on a 2x2 mesh, a few
+    steps each; stage 1 learns (its loss falls), stage 2 keeps stage 1 frozen."""
+    from gohd_jax.parallel import make_mesh
+    from gohd_jax.train.restore import load_model
+    from gohd_jax.train.tasks import get_task_class
+    from gohd_jax.train.trainer import Trainer
+
+    mesh = make_mesh(2, 2, devices=jax.devices()[:4])
+    runs = {}
+    steps = {"sync_tiny": 4, "stage1_tiny": 40, "stage2_tiny": 4}
+    for variant, extra in (("sync_tiny", {}), ("stage1_tiny", {"expert": "sync_tiny"}),
+                           ("stage2_tiny", {"stage1": "stage1_tiny"})):
+        cfg = _expr_config(variant, synth_expr, batch_size=8, num_steps=steps[variant], log_every=steps[variant] // 2,
+                           eval_every=steps[variant], eval_steps=1, checkpoint_every=steps[variant])
+        for key, run in extra.items():
+            cfg.task[key] = str(runs[run])
+        runs[variant] = tmp_path / variant
+        Trainer(get_task_class(cfg.task_name)(cfg), cfg, runs[variant], mesh=mesh).train()
+        rows = [json.loads(x) for x in (runs[variant] / "metrics.jsonl").read_text().splitlines()]
+        train = [r for r in rows if "loss" in r]
+        assert all(np.isfinite(r["loss"]) for r in train)
+        if variant == "stage1_tiny":
+            assert train[-1]["loss"] < train[0]["loss"]
+    expert = load_model(runs["sync_tiny"], "syncnet")
+    s1 = load_model(runs["stage1_tiny"], "expression", ema=False)
+    two = load_model(runs["stage2_tiny"], "expression", ema=False)
+    # stage 1 froze the expert's audio encoder; stage 2 froze all of stage 1
+    np.testing.assert_array_equal(s1.audio_encoder.blocks[0].weight[...], expert.audio_encoder.blocks[0].weight[...])
+    np.testing.assert_array_equal(s1.audio_encoder.blocks[0].bn.mean[...], expert.audio_encoder.blocks[0].bn.mean[...])
+    s1_ema = load_model(runs["stage1_tiny"], "expression")  # stage 2 starts from stage 1's EMA weights
+    np.testing.assert_array_equal(two.stage1.mapping1.kernel[...], s1_ema.mapping1.kernel[...])
+    assert float(jnp.abs(two.stage2.output[1].kernel[...]).max()) > 0
+    with pytest.raises(ValueError, match="not 'expression_stage1'"):
+        load_model(runs["sync_tiny"], "syncnet", expect_task="expression_stage1")
