@@ -64,3 +64,22 @@ def test_vgg_perceptual_loss_path(synth64, tmp_path):
     Trainer(AnimatorTask(cfg), cfg, tmp_path / "run", mesh=make_mesh(4, 1, devices=jax.devices()[:4])).train()
     row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert "loss_vgg" in row and "loss_ms_ssim" not in row and np.isfinite(row["loss_vgg"])
+
+
+@pytest.mark.slow
+def test_tiny_animator_beats_copying_the_source(tmp_path_factory, tmp_path):
+    """About 6 min on 2 cores: the tiny config (copy-source init) for 500 steps on the `make demo`
+    dataset's recipe (48 clips, 12 identities, 3 held out); held-out PSNR clearly above copying the
+    source frame (the same run outside the test: 26.3 vs 25.7 dB; 1000 steps: 26.7)."""
+    from configs import synthetic
+
+    s = synthetic.get_config("demo")
+    root = tmp_path_factory.mktemp("synth_demo")
+    write_synthetic_dataset(root, SynthConfig(size=s.size, seconds=s.seconds, num_identities=s.identities,
+                                              seed=s.seed), s.clips, clips_per_shard=s.clips_per_shard,
+                            jpeg_quality=s.jpeg_quality, workers=0)
+    cfg = animator_config.get_config("tiny")
+    cfg.data.dir = str(root)
+    cfg.update(num_steps=500, log_every=100, eval_every=500, eval_steps=8, checkpoint_every=500)
+    ev = Trainer(AnimatorTask(cfg), cfg, tmp_path).train().eval_metrics
+    assert ev["eval/psnr"] > ev["eval/psnr_copy_source"] + 0.3, ev
