@@ -27,18 +27,18 @@ def synth64(tmp_path_factory):
 def _config(data_dir, **kw):
     c = animator_config.get_config("tiny")
     c.data.dir = str(data_dir)
-    c.update({**dict(batch_size=4, num_steps=60, log_every=20, eval_every=60, eval_steps=1, checkpoint_every=60),
+    c.update({**dict(batch_size=4, num_steps=30, log_every=10, eval_every=30, eval_steps=1, checkpoint_every=30),
               **kw})
     return c
 
 
 def test_gan_training_runs_and_reconstruction_improves(synth64, tmp_path):
     cfg = _config(synth64)
-    cfg.task.gan_start_step = 20  # the adversarial terms join after a short warm-up
+    cfg.task.gan_start_step = 10  # the adversarial terms join after a short warm-up
     result = Trainer(AnimatorTask(cfg), cfg, tmp_path, mesh=make_mesh(2, 2, devices=jax.devices()[:4])).train()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if "loss_l1" in r]
-    assert [r["step"] for r in train] == [20, 40, 60]
+    assert [r["step"] for r in train] == [10, 20, 30]
     assert all(np.isfinite(r[k]) for r in train for k in ("loss_g", "loss_d", "loss_gan_g", "loss_ms_ssim"))
     assert train[-1]["loss_l1"] < train[0]["loss_l1"]  # learning to reconstruct
     assert train[0]["loss_d"] == 0.0 and train[0]["loss_gan_g"] == 0.0  # warm-up: D not run
