@@ -145,8 +145,10 @@ def test_step_table_matches_official():
     assert np.abs(np.asarray(step_table(150)) - table).max() <= 1e-6
 
 
+@pytest.mark.slow
 def test_single_call_parity_computed_table():
-    """Pose single call with the jnp-computed step table (no oracle table): all within 1e-4."""
+    """Pose single call with the jnp-computed step table (no oracle table): all within 1e-4.
+    Slow (~60 s): the table itself is checked against the oracle's in the fast suite."""
     _, io, sd = _load("pose_diffusion")
     io = {k: v for k, v in io.items() if k != "diffusion_embedding_table"}
     out = motion_weights.parity_pose_diffusion(io, sd, None, sampler=False)
