@@ -235,3 +235,16 @@ def test_three_trainings_run_sharded_and_chain(synth_expr, tmp_path):
     assert float(jnp.abs(two.stage2.output[1].kernel[...]).max()) > 0
     with pytest.raises(ValueError, match="not 'expression_stage1'"):
         load_model(runs["sync_tiny"], "syncnet", expect_task="expression_stage1")
+
+
+def test_sync_scores_find_the_offset():
+    from gohd_jax.eval import lipsync
+
+    rng = np.random.default_rng(0)
+    audio = rng.normal(size=(80, 16))
+    audio /= np.linalg.norm(audio, axis=1, keepdims=True)
+    face = np.roll(audio, -3, axis=0)  # face t matches audio t+3: the audio is 3 frames late
+    late = lipsync.sync_scores(audio, face)
+    assert late["offset"] == 3 and late["lse_c"] > 0.5
+    synced = lipsync.sync_scores(audio, audio)
+    assert synced["offset"] == 0 and synced["lse_d"] < late["lse_d"] + 1e-9 and synced["lse_d"] < 0.2

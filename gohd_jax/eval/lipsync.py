@@ -27,33 +27,41 @@ __all__ = ["clip_embeddings", "sync_scores", "VSHIFT"]
 VSHIFT = 15
 
 
+def _embed(model, mel, faces, face_size):
+    from gohd_jax.models.syncnet import face_input
+
+    return model(mel[..., None], face_input(faces, face_size), train=False)
+
+
+_EMBED = None  # the jitted _embed, made on first use (one compile per model shape and batch size)
+
+
 def clip_embeddings(model, mel_windows: np.ndarray, frames: np.ndarray, *, face_size=None,
                     batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """(audio [T,D], face [T,D]) embeddings of a clip; ``mel_windows`` [T,80,16] (per frame),
     ``frames`` uint8 [T,H,W,3] whole face crops (the lower halves are taken here). Face windows
-    at the clip's ends repeat the edge frames."""
+    at the clip's ends repeat the edge frames. Every batch is padded to ``batch_size`` rows, so
+    clips of any length share one compilation."""
+    global _EMBED
     import jax.numpy as jnp
     from flax import nnx
 
-    from gohd_jax.models.syncnet import face_input
-
+    if _EMBED is None:
+        _EMBED = nnx.jit(_embed, static_argnames="face_size")
     t = len(frames)
     if len(mel_windows) != t:
         raise ValueError(f"{len(mel_windows)} mel windows for {t} frames")
-    face_size = face_size or model.cfg.face_size
+    face_size = tuple(face_size or model.cfg.face_size)
     lower = frames[:, frames.shape[1] // 2:]
     idx = np.clip(np.arange(t)[:, None] + np.arange(-2, 3)[None], 0, t - 1)
-
-    @nnx.jit
-    def embed(m, mel, faces):
-        return m(mel[..., None], face_input(faces, face_size), train=False)
-
     a_out, v_out = [], []
     for s in range(0, t, batch_size):
-        sl = slice(s, min(s + batch_size, t))
-        a, v = embed(model, jnp.asarray(mel_windows[sl], jnp.float32), jnp.asarray(lower[idx[sl]]))
-        a_out.append(np.asarray(a))
-        v_out.append(np.asarray(v))
+        rows = np.minimum(np.arange(s, s + batch_size), t - 1)  # the last batch repeats frame T-1
+        a, v = _EMBED(model, jnp.asarray(mel_windows[rows], jnp.float32), jnp.asarray(lower[idx[rows]]),
+                      face_size=face_size)
+        n = min(batch_size, t - s)
+        a_out.append(np.asarray(a)[:n])
+        v_out.append(np.asarray(v)[:n])
     return np.concatenate(a_out), np.concatenate(v_out)
 
 

@@ -65,11 +65,6 @@ def blink_statistics(ratio: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jnp.mean(closed), jnp.mean(jax.nn.relu(closed[:, 1:] - closed[:, :-1]))
 
 
-def _copy_vars(dst: nnx.Module, src_state: nnx.State) -> None:
-    """Writes a state (params and batch stats) of the same architecture into ``dst``."""
-    nnx.update(dst, src_state)
-
-
 class _ExpressionTask(Task):
     ema_models = ("expression",)
 
@@ -120,7 +115,7 @@ class ExpressionStage1Task(_ExpressionTask):
     def create_models(self, rngs):
         model = FrameExpression(self.model_cfg, rngs=rngs)
         if self._expert_encoder is not None:
-            _copy_vars(model.audio_encoder, jax.tree_util.tree_map(jnp.asarray, self._expert_encoder))
+            nnx.update(model.audio_encoder, jax.tree_util.tree_map(jnp.asarray, self._expert_encoder))
         return {"expression": model}
 
     def _controls(self, batch):
@@ -172,7 +167,7 @@ class ExpressionStage2Task(_ExpressionTask):
 
     def create_models(self, rngs):
         model = TwoStageExpression(self.model_cfg, rngs=rngs)
-        _copy_vars(model.stage1, jax.tree_util.tree_map(jnp.asarray, self._stage1))
+        nnx.update(model.stage1, jax.tree_util.tree_map(jnp.asarray, self._stage1))
         return {"expression": model}
 
     def optimizers(self):
