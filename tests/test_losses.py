@@ -351,3 +351,21 @@ def test_converter_and_loader_errors(tmp_path, capsys):
         vw.main(["--help"])
     assert e.value.code == 0
     assert "vgg19-dcbb9e9d.pth" in capsys.readouterr().out
+
+
+def test_change_weighted_l1_looks_only_where_target_and_source_differ():
+    rng = np.random.default_rng(0)
+    source = rng.uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
+    target = source.copy()
+    target[:, 4:8, 4:8] = -source[:, 4:8, 4:8]  # a "mouth" that moved
+    w = L.change_map(jnp.asarray(source), jnp.asarray(target))
+    assert w.shape == (2, 16, 16, 1) and float(w[:, :4].max()) == 0.0
+    copy = float(L.weighted_l1(jnp.asarray(source), jnp.asarray(target), w))
+    np.testing.assert_allclose(copy, np.abs(target - source)[:, 4:8, 4:8].mean(), rtol=0.1)
+    # An error outside the changed region costs nothing; getting the region right costs zero.
+    fixed = target.copy()
+    fixed[:, 10:] += 0.5
+    assert float(L.weighted_l1(jnp.asarray(fixed), jnp.asarray(target), w)) == 0.0
+    assert float(L.weighted_l1(jnp.asarray(source), jnp.asarray(target), jnp.zeros_like(w))) == 0.0
+    grad = jax.grad(lambda t: jnp.sum(L.change_map(jnp.asarray(source), t)))(jnp.asarray(target))
+    assert float(jnp.abs(grad).max()) == 0.0  # a constant of the batch

@@ -67,6 +67,31 @@ def gradient_loss(x: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.mean(jnp.abs(dh(x) - dh(y))) + jnp.mean(jnp.abs(dw(x) - dw(y)))
 
 
+def change_map(source: jax.Array, target: jax.Array) -> jax.Array:
+    """Where a target differs from its source: ``mean_c |target - source|``, [B, H, W, 1], >= 0.
+
+    The self-reconstruction losses are dominated by pixels the source already gets right
+    (background, hair, skin); this map puts weight on the ones that moved (mouth, eyes, the
+    edges a pose change shifts). It is a constant of the batch (no gradient).
+    """
+    _check_pair(source, target, "change_map")
+    diff = jnp.abs(_f32(target) - _f32(source))
+    return jax.lax.stop_gradient(jnp.mean(diff, axis=-1, keepdims=True))
+
+
+def weighted_l1(x: jax.Array, y: jax.Array, weight: jax.Array, *, eps: float = 1e-6) -> jax.Array:
+    """``sum(w |x - y|) / (C sum(w))`` per image, averaged over the batch: the L1 inside a soft mask.
+
+    x, y [B, H, W, C]; weight [B, H, W, 1] (>= 0; e.g. ``change_map``). Scalar, in image units;
+    an all-zero weight gives 0.
+    """
+    _check_pair(x, y, "weighted_l1")
+    x, y, weight = _f32(x), _f32(y), _f32(weight)
+    num = jnp.sum(weight * jnp.abs(x - y), axis=(1, 2, 3))
+    den = jnp.sum(weight, axis=(1, 2, 3)) * x.shape[-1]
+    return jnp.mean(num / (den + eps))
+
+
 def psnr(x: jax.Array, y: jax.Array, *, data_range: float = DATA_RANGE,
          reduction: str = "mean") -> jax.Array:
     """Peak signal-to-noise ratio in dB, per image, for images spanning ``data_range`` (2 for [-1, 1]).

@@ -9,6 +9,8 @@ clip. The generator renders the target from the source and the window; losses (w
   weights are given (``config.task.vgg19_weights``; see ``gohd_jax/interop/vgg19_weights.py``);
   without them ``ms_ssim`` (1 - MS-SSIM) and ``gradient`` (L1 of image gradients) take its
   place, and the log says so;
+* ``changed``: L1 weighted by ``losses.change_map`` (where target and source differ), so that
+  the mouth and eyes, a few percent of the pixels, are not drowned by what copying gets right;
 * ``gan``: non-saturating loss against a StyleGAN2 discriminator, which trains on
   softplus(-D(x)) + softplus(D(x_hat)) (no R1, as LIA); both switch on at
   ``config.task.gan_start_step`` (0 = from the start, as LIA; the tiny config warms up on
@@ -74,9 +76,11 @@ class AnimatorTask(Task):
         return {"generator": optax.adam(float(t.g_lr), b1=0.0, b2=float(t.g_beta2)),
                 "discriminator": optax.adam(float(t.d_lr), b1=0.0, b2=float(t.d_beta2))}
 
-    def _reconstruction_terms(self, ctx, state, fake, target) -> dict[str, jax.Array]:
+    def _reconstruction_terms(self, ctx, state, fake, target, source) -> dict[str, jax.Array]:
         w = self.config.task.loss
         terms = {"loss_l1": losses.l1(fake, target)}
+        if w.get("changed", 0.0):
+            terms["loss_changed"] = losses.weighted_l1(fake, target, losses.change_map(source, target))
         if "vgg" in state.rest:
             terms["loss_vgg"] = losses.vgg_pyramid_loss(ctx.model(state, "vgg"), fake, target)
         else:
@@ -100,7 +104,7 @@ class AnimatorTask(Task):
 
         def g_loss(g_params):
             fake = ctx.model(state, "generator", g_params)(source, window)["rgb"][0]
-            terms = self._reconstruction_terms(ctx, state, fake, target)
+            terms = self._reconstruction_terms(ctx, state, fake, target, source)
             total = sum(self._weight(k) * v for k, v in terms.items())
             if gan_w:
                 terms["loss_gan_g"] = jax.lax.cond(
@@ -135,8 +139,13 @@ class AnimatorTask(Task):
     def eval_step(self, ctx, state, batch):
         source, target = to_unit_range(batch["source"]), to_unit_range(batch["target"])
         recon = self.reconstruct(ctx, state, batch)
+        changed = losses.change_map(source, target)
         return {"psnr": losses.psnr(recon, target), "psnr_copy_source": losses.psnr(source, target),
-                "l1": losses.l1(recon, target)}
+                "l1": losses.l1(recon, target),
+                # L1 where source and target differ (mouth, eyes, moved edges): copying the source
+                # scores changed_l1_copy there, and a model that follows the target goes below it.
+                "changed_l1": losses.weighted_l1(recon, target, changed),
+                "changed_l1_copy_source": losses.weighted_l1(source, target, changed)}
 
     def dataset(self, split, *, seed, shard_index, shard_count):
         return pipelines.make_dataset("animator", self.config.data.dir, seed=seed, split=split,
