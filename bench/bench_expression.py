@@ -72,7 +72,7 @@ def train_rows(repeats):
     tx = optax.adam(1e-3)
     b = int(c.batch_size)
     batch = {"mel": jnp.asarray(rng.normal(size=(b, 80, 16)), jnp.float32),
-             "faces": jnp.asarray(rng.integers(0, 255, (b, 5, 32, 64, 3)), jnp.uint8),
+             "faces": jnp.asarray(rng.integers(0, 255, (b, 5, 64, 64, 3)), jnp.uint8),
              "label": jnp.asarray(rng.integers(0, 2, b), jnp.float32)}
 
     def sync_step(p, r, o, batch):

@@ -380,7 +380,7 @@ def _check_frames(num_frames: int) -> int:
     return int(num_frames)
 
 
-def frame_mel_windows(mel80: np.ndarray, num_frames: int, fps: int = FPS) -> np.ndarray:
+def frame_mel_windows(mel80: np.ndarray, num_frames: int, fps: int = FPS, frames=None) -> np.ndarray:
     """The official per-frame SyncNet windows (``indiv_mels`` of ``read_audio``).
 
     Frame f takes the 16 rows starting at ``int(80.0 * ((f - 2) / fps))`` (truncated toward zero,
@@ -389,13 +389,16 @@ def frame_mel_windows(mel80: np.ndarray, num_frames: int, fps: int = FPS) -> np.
     Args:
       mel80: ``[M, 80]`` Wav2Lip mel (``wav2lip_mel`` of the cropped wav).
       num_frames: T.
+      frames: optional frame indices (a slice, a list or an int array): only those windows,
+        ``frame_mel_windows(m, t)[frames]`` without computing the others (training samplers).
 
     Returns:
-      ``[T, 80, 16]`` (mel band, time), dtype of ``mel80``.
+      ``[T, 80, 16]`` (mel band, time), dtype of ``mel80``; ``[len(frames), 80, 16]`` with ``frames``.
     """
     mel80 = _check_mel(mel80, "mel80")
     t = _check_frames(num_frames)
-    starts = np.array([int(float(W2L_ROWS_PER_SECOND) * ((f - 2) / float(fps))) for f in range(t)],
+    which = np.arange(t)[frames] if frames is not None else np.arange(t)
+    starts = np.array([int(float(W2L_ROWS_PER_SECOND) * ((f - 2) / float(fps))) for f in np.atleast_1d(which)],
                       dtype=np.int64)
     idx = np.clip(starts[:, None] + np.arange(W2L_WINDOW)[None, :], 0, mel80.shape[0] - 1)
     return np.ascontiguousarray(mel80[idx].transpose(0, 2, 1))  # [T, 16, 80] -> [T, 80, 16]

@@ -21,10 +21,12 @@ Stages and their samples (W = window length, frames at 25 fps):
   ``expression`` float32 [W,64], ``controls`` float32 [W,21], ``exp0`` float32
   [64] (the window's first frame). W = 30 by default.
 * ``sync`` (the lip-sync expert): ``mel`` float32 [80,16], the Wav2Lip window of a frame f (0.2 s
-  centred on it), ``faces`` uint8 [W,H/2,W_img,3], the lower halves of frames f-2 .. f+2 (W = 5),
+  centred on it), ``faces`` uint8 [W,H,W_img,3], frames f-2 .. f+2 (W = 5; the expert crops
+  its mouth box from them, ``SyncNetConfig.face_box``),
   and ``label`` float32: 1 with probability 1/2 (the mel is frame f's), else 0 and the mel is
   that of a frame g of the same clip with |g - f| >= W (``offset`` = g - f, int32). Clips need
-  3 W frames.
+  3 W frames. With ``sync_negatives=K``, also ``mel_candidates`` float32 [1+K,80,16]: frame f's
+  window, then those of K frames of the same clip >= W away (the multi-way expert's task).
 
 Every sample also carries ``clip_index`` and ``start`` (int32) for tracing.
 Clips shorter than the window are left out when the pipeline is built (logged
@@ -158,7 +160,7 @@ class ExpressionSampler(_Sampler):
 
         start = self._start(clip, rng)
         sl = slice(start, start + self.window)
-        mels = audio.frame_mel_windows(clip["mel_80hz"], len(clip["frames"]))[sl]
+        mels = audio.frame_mel_windows(clip["mel_80hz"], len(clip["frames"]), frames=sl)
         expression = np.asarray(clip["descriptors"][sl, schema.EXPRESSION], np.float32)
         return {"mel_windows": np.asarray(mels, np.float32), "expression": expression,
                 "controls": np.asarray(clip["controls"][sl], np.float32), "exp0": expression[0].copy(),
@@ -167,7 +169,11 @@ class ExpressionSampler(_Sampler):
 
 @dataclasses.dataclass
 class SyncSampler(_Sampler):
-    """(a frame's mel window, the lower halves of the W frames around it) in or out of sync."""
+    """(a frame's mel window, the W face crops around it) in or out of sync;
+    with ``negatives`` > 0 also ``mel_candidates`` [1 + negatives, 80, 16]: frame f's window
+    first, then those of ``negatives`` frames >= W away (the multi-way expert's choice)."""
+
+    negatives: int = 0
 
     def sample(self, clip, rng):
         from data_pipelines import audio
@@ -178,14 +184,16 @@ class SyncSampler(_Sampler):
         half = w // 2
         f = int(rng.integers(half, t - (w - half) + 1))
         in_sync = bool(rng.random() < 0.5)
-        g = f
-        if not in_sync:  # a frame at least w away, uniformly among those
-            far = np.concatenate([np.arange(0, max(f - w + 1, 0)), np.arange(min(f + w, t), t)])
-            g = int(far[rng.integers(0, len(far))])
-        mel = audio.frame_mel_windows(clip["mel_80hz"], t)[g]
+        far = np.concatenate([np.arange(0, max(f - w + 1, 0)), np.arange(min(f + w, t), t)])
+        g = f if in_sync else int(far[rng.integers(0, len(far))])  # shifted: uniform over far frames
+        negs = rng.choice(far, self.negatives, replace=len(far) < self.negatives) if self.negatives else []
+        mels = audio.frame_mel_windows(clip["mel_80hz"], t, frames=[g, f, *negs])
         faces = np.stack([schema.decode_jpeg(clip["frames"][i]) for i in range(f - half, f - half + w)])
-        return {"mel": np.asarray(mel, np.float32), "faces": faces[:, faces.shape[1] // 2:],
-                "label": np.float32(in_sync), "offset": np.int32(g - f), "start": np.int32(f)}
+        out = {"mel": np.asarray(mels[0], np.float32), "faces": faces,
+               "label": np.float32(in_sync), "offset": np.int32(g - f), "start": np.int32(f)}
+        if self.negatives:
+            out["mel_candidates"] = np.asarray(mels[1:], np.float32)
+        return out
 
 
 _SAMPLERS = {"animator": AnimatorSampler, "motion": MotionSampler, "expression": ExpressionSampler,
@@ -195,7 +203,7 @@ _SAMPLERS = {"animator": AnimatorSampler, "motion": MotionSampler, "expression":
 def make_dataset(stage: str, data_dir, *, seed: int = 0, window: int | None = None, split: str = "train",
                  heldout_fraction: float = 0.25, num_epochs: int | None = None,
                  shard_index: int | None = None, shard_count: int | None = None,
-                 condition: str = "mel100") -> grain.MapDataset:
+                 condition: str = "mel100", sync_negatives: int = 0) -> grain.MapDataset:
     """The unbatched sample stream of ``stage`` (see the module docstring).
 
     ``data_dir`` is a clip dataset folder, or any clip source with ``index`` and
@@ -218,6 +226,8 @@ def make_dataset(stage: str, data_dir, *, seed: int = 0, window: int | None = No
         raise DatasetError(f"{clips.root}: only {len(eligible)} {split!r} clips with >= {min_frames} frames, "
                            f"fewer than the {shard_count} data shards (processes)")
     kwargs = {"condition": condition} if stage == "motion" else {}
+    if stage == "sync":
+        kwargs = {"negatives": int(sync_negatives)}
     sampler = _SAMPLERS[stage](clips=clips, window=window, **kwargs)
     ds = grain.MapDataset.source(eligible)[shard_index::shard_count]
     return ds.seed(seed).shuffle().repeat(num_epochs).random_map(sampler)

@@ -230,6 +230,9 @@ def test_frame_mel_windows_indexing():
     np.testing.assert_array_equal(w[1, 0], np.clip(np.arange(-3, 13), 0, 39))
     np.testing.assert_array_equal(w[7, 0], np.arange(16, 32))
     np.testing.assert_array_equal(w[11, 0], np.clip(np.arange(28, 44), 0, 39))  # clamped at end
+    # Only some windows (what the samplers ask for): the same rows as slicing the full table.
+    np.testing.assert_array_equal(A.frame_mel_windows(mel, 12, frames=slice(3, 9)), w[3:9])
+    np.testing.assert_array_equal(A.frame_mel_windows(mel, 12, frames=[11, 0]), w[[11, 0]])
 
 
 def test_frame_conds_alignment():

@@ -16,7 +16,7 @@ from gohd_jax.interop import oracle_weights as ow
 from gohd_jax.interop import parity
 from gohd_jax.models.expression import ExpressionConfig, FrameExpression, TwoStageExpression
 from gohd_jax.nn.lstm import LSTM
-from gohd_jax.models.syncnet import SyncNet, SyncNetConfig, sync_probability
+from gohd_jax.models.syncnet import SyncNet, SyncNetConfig, face_input, sync_probability
 from tests.conftest import require_shared
 
 
@@ -173,8 +173,28 @@ def test_sync_pipeline_pairs(tmp_path):
     labels = np.array([s["label"] for s in samples])
     assert 0 < labels.mean() < 1
     for s in samples:
-        assert s["mel"].shape == (80, 16) and s["faces"].shape == (5, 16, 32, 3) and s["faces"].dtype == np.uint8
+        assert s["mel"].shape == (80, 16) and s["faces"].shape == (5, 32, 32, 3) and s["faces"].dtype == np.uint8
         assert (s["offset"] == 0) if s["label"] == 1 else abs(int(s["offset"])) >= 5
+    # Multi-way: the in-sync window first, then shifted ones of the same clip.
+    ds = pipelines.make_dataset("sync", tmp_path, split="all", shard_index=0, shard_count=1, sync_negatives=3)
+    for s in (ds[i] for i in range(20)):
+        c = s["mel_candidates"]
+        assert c.shape == (4, 80, 16)
+        if s["label"] == 1:
+            np.testing.assert_array_equal(c[0], s["mel"])
+        assert all(np.abs(c[0] - c[j]).max() > 0 for j in range(1, 4))
+
+
+def test_face_input_crops_the_mouth_box():
+    from gohd_jax.models.syncnet import SYNTHETIC_MOUTH, crop_box
+
+    frames = np.arange(2 * 5 * 10 * 20 * 3, dtype=np.uint8).reshape(2, 5, 10, 20, 3)
+    assert crop_box(frames, (0.5, 1.0, 0.0, 1.0)).shape == (2, 5, 5, 20, 3)
+    np.testing.assert_array_equal(crop_box(frames, (0.4, 0.8, 0.25, 0.75)), frames[:, :, 4:8, 5:15])
+    x = face_input(jnp.asarray(frames), (48, 96), SYNTHETIC_MOUTH)
+    assert x.shape == (2, 48, 96, 15) and float(x.max()) <= 1.0
+    with pytest.raises(ValueError, match="face_box"):
+        SyncNetConfig(face_box=(0.8, 0.4, 0.0, 1.0))
 
 
 # ------------------------------------------------------------------------------ training
@@ -248,3 +268,40 @@ def test_sync_scores_find_the_offset():
     assert late["offset"] == 3 and late["lse_c"] > 0.5
     synced = lipsync.sync_scores(audio, audio)
     assert synced["offset"] == 0 and synced["lse_d"] < late["lse_d"] + 1e-9 and synced["lse_d"] < 0.2
+
+
+def test_multiway_expert_loss_picks_the_in_sync_window_and_descends():
+    import optax
+
+    from configs import expression as econf
+    from gohd_jax.train.tasks.syncnet import SyncNetTask
+
+    cfg = econf.get_config("sync_tiny")
+    task = SyncNetTask(cfg)
+    assert task.loss_type == "multiway" and task.negatives == 7
+    model = SyncNet(task.model_cfg, rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(0)
+    batch = {"faces": jnp.asarray(rng.integers(0, 255, (4, 5, 32, 32, 3)), jnp.uint8),
+             "mel_candidates": jnp.asarray(rng.normal(size=(4, 8, 80, 16)), jnp.float32)}
+    loss, metrics = task._losses(model, batch, train=False)
+    assert set(metrics) == {"loss", "accuracy", "pair_accuracy"}
+    assert abs(float(loss) - np.log(8)) < 1.0  # near chance at init
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    opt = optax.adam(1e-2)
+    opt_state = opt.init(params)
+
+    @jax.jit
+    def step(params, opt_state):
+        f = lambda p: task._losses(nnx.merge(graphdef, p, rest), batch, train=False)[0]
+        loss, g = jax.value_and_grad(f)(params)
+        updates, opt_state = opt.update(g, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    losses = []
+    for _ in range(15):
+        params, opt_state, loss = step(params, opt_state)
+        losses.append(float(loss))
+    assert losses[-1] < losses[0] - 0.3, losses  # it can learn which window is in sync
+    with pytest.raises(ValueError, match="negatives"):
+        cfg.task.negatives = 0
+        SyncNetTask(cfg)

@@ -29,7 +29,7 @@ from flax import nnx
 from jax import lax
 
 __all__ = ["ConvBlock", "AudioEncoder", "FaceEncoder", "SyncNet", "SyncNetConfig", "sync_probability",
-           "face_input", "AUDIO_LAYERS", "FACE_LAYERS"]
+           "face_input", "crop_box", "LOWER_HALF", "SYNTHETIC_MOUTH", "AUDIO_LAYERS", "FACE_LAYERS"]
 
 # (in, out, kernel, stride, padding, residual) per block, as the official Sequential lists them.
 AUDIO_LAYERS = (
@@ -112,11 +112,21 @@ class FaceEncoder(_Encoder):
 @dataclass(frozen=True)
 class SyncNetConfig:
     """``width`` scales every hidden channel count (1 = official; the tiny expert uses less).
-    ``face_size`` (H, W) of the lower-half crops; 48 x 96 official. The face encoder's strides
-    bring 48 x 96 to 1 x 1; other sizes must reach 1 x 1 too (e.g. 16 x 32 does not)."""
+    ``face_size`` (H, W) the mouth crops are resized to; 48 x 96 official. The face encoder's
+    strides bring 48 x 96 to 1 x 1; other sizes must reach 1 x 1 too (e.g. 16 x 32 does not).
+    ``face_box`` (top, bottom, left, right), fractions of the face crop the expert looks at:
+    Wav2Lip's lower half ``LOWER_HALF`` for the official 256 crop (mouth at ~0.7 of its height);
+    the synthetic clips frame the head more loosely (mouth at ~0.55), hence ``SYNTHETIC_MOUTH``."""
     width: float = 1.0
     face_size: tuple[int, int] = (48, 96)
     frames: int = 5
+    face_box: tuple[float, float, float, float] = (0.5, 1.0, 0.0, 1.0)
+
+    def __post_init__(self):
+        top, bottom, left, right = self.face_box
+        if not (0.0 <= top < bottom <= 1.0 and 0.0 <= left < right <= 1.0):
+            raise ValueError(f"face_box must be (top, bottom, left, right) fractions with top < bottom and "
+                             f"left < right, got {self.face_box}")
 
     @classmethod
     def tiny(cls) -> "SyncNetConfig":
@@ -133,9 +143,15 @@ class SyncNet(nnx.Module):
         self.audio_encoder = AudioEncoder(rngs=rngs, param_dtype=param_dtype, width=cfg.width)
 
     def __call__(self, audio: jax.Array, face: jax.Array, *, train: bool = False):
-        a = self.audio_encoder(audio, train=train)
-        v = self.face_encoder(face, train=train)
-        return _l2_normalize(a), _l2_normalize(v)
+        return self.embed_audio(audio, train=train), self.embed_face(face, train=train)
+
+    def embed_audio(self, audio: jax.Array, *, train: bool = False) -> jax.Array:
+        """[N, 80, 16, 1] -> L2-normalised [N, 512 x width]."""
+        return _l2_normalize(self.audio_encoder(audio, train=train))
+
+    def embed_face(self, face: jax.Array, *, train: bool = False) -> jax.Array:
+        """[N, H, W, 15] -> L2-normalised [N, 512 x width]."""
+        return _l2_normalize(self.face_encoder(face, train=train))
 
 
 def _l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
@@ -148,8 +164,24 @@ def sync_probability(audio_emb: jax.Array, face_emb: jax.Array) -> jax.Array:
     return jnp.clip(jnp.sum(audio_emb * face_emb, axis=-1), 0.0, 1.0)
 
 
-def face_input(faces: jax.Array, face_size: tuple[int, int]) -> jax.Array:
-    """uint8 lower-half crops [B, 5, h, w, 3] -> the face encoder's float [B, H, W, 15] in [0, 1]."""
+LOWER_HALF = (0.5, 1.0, 0.0, 1.0)
+SYNTHETIC_MOUTH = (0.40, 0.80, 0.2, 0.8)
+
+
+def crop_box(frames, box: tuple[float, float, float, float]):
+    """``frames[..., rows, cols, :]`` of ``box`` = (top, bottom, left, right) fractions of H and W
+    (rounded to whole pixels; at least one). Any array type, [..., H, W, C]."""
+    h, w = frames.shape[-3:-1]
+    top, bottom, left, right = box
+    r0, c0 = int(round(top * h)), int(round(left * w))
+    r1, c1 = max(int(round(bottom * h)), r0 + 1), max(int(round(right * w)), c0 + 1)
+    return frames[..., r0:r1, c0:c1, :]
+
+
+def face_input(faces: jax.Array, face_size: tuple[int, int], face_box=LOWER_HALF) -> jax.Array:
+    """uint8 face crops [B, 5, H_img, W_img, 3] -> the face encoder's float [B, H, W, 15] in
+    [0, 1]: ``face_box`` of each (``crop_box``), resized to ``face_size``, frames on channels."""
+    faces = crop_box(faces, tuple(face_box))
     b, n, h, w, c = faces.shape
     x = faces.astype(jnp.float32) / 255.0
     if (h, w) != tuple(face_size):
