@@ -5,7 +5,8 @@ Wav2Lip's LSE-D / LSE-C numbers come from), with our expert's embeddings in plac
 original SyncNet's:
 
 * per frame t (with 2 frames of context on each side), the face embedding v_t of the mouth
-  boxes (``SyncNetConfig.face_box``; Wav2Lip: the lower half) of frames t-2 .. t+2 and the audio embedding a_t of the Wav2Lip mel window of frame t;
+  boxes (``SyncNetConfig.face_box``; Wav2Lip: the lower half) of frames t-2 .. t+2
+  and the audio embedding a_t of the Wav2Lip mel window of frame t;
 * for every offset k in [-vshift, vshift] (15 frames as there), the distance
   d_t(k) = |v_t - a_{t+k}|_2, where audio embeddings outside the clip are zero (as the
   reference's zero padding);
@@ -39,8 +40,8 @@ _EMBED = None  # the jitted _embed, made on first use (one compile per model sha
 def clip_embeddings(model, mel_windows: np.ndarray, frames: np.ndarray, *, face_size=None,
                     batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """(audio [T,D], face [T,D]) embeddings of a clip; ``mel_windows`` [T,80,16] (per frame),
-    ``frames`` uint8 [T,H,W,3] whole face crops (the expert's ``cfg.face_box`` is taken here). Face windows
-    at the clip's ends repeat the edge frames. Every batch is padded to ``batch_size`` rows, so
+    ``frames`` uint8 [T,H,W,3] whole face crops (the expert's ``cfg.face_box`` is
+    taken here). Face windows at the clip's ends repeat the edge frames. Every batch is padded to ``batch_size`` rows, so
     clips of any length share one compilation."""
     global _EMBED
     import jax.numpy as jnp

@@ -109,6 +109,12 @@ class FaceEncoder(_Encoder):
     layers = FACE_LAYERS
 
 
+# Face-crop boxes, (top, bottom, left, right) fractions: Wav2Lip's lower half for the official
+# crop; the mouth region of the synthetic clips (configs/expression.py:sync_tiny uses it).
+LOWER_HALF = (0.5, 1.0, 0.0, 1.0)
+SYNTHETIC_MOUTH = (0.40, 0.80, 0.2, 0.8)
+
+
 @dataclass(frozen=True)
 class SyncNetConfig:
     """``width`` scales every hidden channel count (1 = official; the tiny expert uses less).
@@ -120,7 +126,7 @@ class SyncNetConfig:
     width: float = 1.0
     face_size: tuple[int, int] = (48, 96)
     frames: int = 5
-    face_box: tuple[float, float, float, float] = (0.5, 1.0, 0.0, 1.0)
+    face_box: tuple[float, float, float, float] = LOWER_HALF
 
     def __post_init__(self):
         top, bottom, left, right = self.face_box
@@ -162,10 +168,6 @@ def _l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
 def sync_probability(audio_emb: jax.Array, face_emb: jax.Array) -> jax.Array:
     """Wav2Lip's cosine similarity of normalised embeddings, [B] in [0, 1] (both are >= 0)."""
     return jnp.clip(jnp.sum(audio_emb * face_emb, axis=-1), 0.0, 1.0)
-
-
-LOWER_HALF = (0.5, 1.0, 0.0, 1.0)
-SYNTHETIC_MOUTH = (0.40, 0.80, 0.2, 0.8)
 
 
 def crop_box(frames, box: tuple[float, float, float, float]):
