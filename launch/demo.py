@@ -25,13 +25,14 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", str(Path(__file__).resolve().parent.parent / "configs" / "synthetic.py") + ":demo",
     "Synthetic dataset config (configs/synthetic.py:VARIANT).")
 _WORKDIR = flags.DEFINE_string("workdir", "workdir/demo", "Where the dataset and outputs go.")
-_ANIMATOR_STEPS = flags.DEFINE_integer("animator_steps", 300, "Training steps of the tiny animator (0 = skip).")
+_ANIMATOR_STEPS = flags.DEFINE_integer("animator_steps", 600, "Training steps of the tiny animator (0 = skip).")
 _POSE_STEPS = flags.DEFINE_integer("pose_steps", 600, "Training steps of the tiny pose denoiser (0 = skip).")
 _GAZE_STEPS = flags.DEFINE_integer("gaze_steps", 200, "Training steps of the tiny gaze denoiser (0 = skip).")
 _SYNC_STEPS = flags.DEFINE_integer("sync_steps", 50, "Training steps of the tiny lip-sync expert (0 = skip).")
 _STAGE1_STEPS = flags.DEFINE_integer("stage1_steps", 150, "Training steps of expression stage 1 (0 = skip "
                                      "both expression stages).")
-_STAGE2_STEPS = flags.DEFINE_integer("stage2_steps", 60, "Training steps of expression stage 2.")
+_STAGE2_STEPS = flags.DEFINE_integer("stage2_steps", 600, "Training steps of expression stage 2 (its blinks "
+                                     "need ~600; 1200 in configs/expression.py:stage2_tiny).")
 _EVAL_CLIPS = flags.DEFINE_integer("expression_eval_clips", 4, "Held-out clips the expression report uses.")
 # An expert at chance level gives meaningless LSE scores; below this held-out accuracy the demo's
 # stage 1 trains its own audio encoder and the report leaves lip sync out.

@@ -88,6 +88,48 @@ def test_two_stage_controls_start_at_control0_and_follow_the_noise():
         model.stage1.embed_audio(jnp.zeros((2, 7, 16, 80)))
 
 
+def test_transformer_generator_attends_over_time_not_across_the_batch():
+    """The transformer stage 2: every row generated from noise; a clip's controls do not depend on
+    the other clips of the batch (the release's seq-first attention would mix them); dropout only
+    when training."""
+    import dataclasses
+
+    cfg = dataclasses.replace(ExpressionConfig.tiny(), control_generator="transformer", decoder_layers=2)
+    model = TwoStageExpression(cfg, rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(1)
+    em = jnp.asarray(rng.normal(size=(2, 7, cfg.audio_dim)), jnp.float32)
+    exp0, control0 = jnp.zeros((2, 64)), jnp.asarray(rng.uniform(size=(2, 21)), jnp.float32)
+    sample = nnx.jit(lambda m, em, k, train: m.stage2.sample(em, exp0, control0, k, train=train),
+                     static_argnums=3)
+    a = sample(model, em, jax.random.key(0), False)
+    assert a.shape == (2, 7, 21)
+    other = em.at[1].set(jnp.asarray(rng.normal(size=(7, cfg.audio_dim)), jnp.float32))
+    b = sample(model, other, jax.random.key(0), False)
+    np.testing.assert_allclose(b[0], a[0], atol=1e-6)  # clip 0 unchanged by clip 1's audio
+    assert float(jnp.abs(b[1] - a[1]).max()) > 1e-4
+    assert float(jnp.abs(sample(model, em, jax.random.key(1), False) - a).max()) > 1e-4  # noise
+    np.testing.assert_array_equal(sample(model, em, jax.random.key(0), False), a)
+    assert float(jnp.abs(sample(model, em, jax.random.key(0), True) - a).max()) > 1e-6  # dropout
+    with pytest.raises(ValueError, match="hidden"):
+        dataclasses.replace(cfg, hidden=32)
+
+
+def test_blink_distribution_loss_scores_never_blinking_and_reaches_open_eyes():
+    from gohd_jax.train.tasks.expression import blink_distribution_loss
+
+    gt = np.full((4, 60), 0.3, np.float32)
+    gt[:, 20:25] = [0.2, 0.05, 0.03, 0.1, 0.22]
+    gt[1::2] = np.roll(gt[1::2], 17, axis=1)
+    gt = jnp.asarray(gt)
+    assert float(blink_distribution_loss(gt, gt)) == 0.0
+    still = jnp.full_like(gt, 0.29)
+    assert 1.0 < float(blink_distribution_loss(still, gt)) < 2.5
+    moved = jnp.roll(gt, 9, axis=1)  # the same blinks at other frames: nearly free
+    assert float(blink_distribution_loss(moved, gt)) < 0.05
+    grad = jax.grad(lambda r: blink_distribution_loss(r, gt))(still)
+    assert float(jnp.abs(grad).max()) > 0 and bool(jnp.all(jnp.isfinite(grad)))
+
+
 def test_syncnet_batchnorm_updates_in_training_and_is_frozen_in_eval():
     model = SyncNet(SyncNetConfig.tiny(), rngs=nnx.Rngs(0))
     rng = np.random.default_rng(0)
@@ -305,3 +347,36 @@ def test_multiway_expert_loss_picks_the_in_sync_window_and_descends():
     with pytest.raises(ValueError, match="negatives"):
         cfg.task.negatives = 0
         SyncNetTask(cfg)
+
+
+@pytest.mark.slow
+def test_small_budget_expression_beats_copy_exp0(tmp_path):
+    """Issue 6's evaluation at a small budget (15 min on 1 CPU core): expert (400 steps) ->
+    stage 1 on its frozen encoder (300) -> stage 2 (800), scored on held-out identities. The
+    two-stage model beats "copy exp0" on mouth error and correlation, on blink rate and duration
+    (nearer the ground truth's), and on the expert's LSE-C / LSE-D."""
+    from data_pipelines.synthetic.cli import write_synthetic_dataset
+    from data_pipelines.synthetic.generator import SynthConfig
+    from gohd_jax.eval import expression as E
+    from gohd_jax.train.tasks import get_task_class
+    from gohd_jax.train.trainer import Trainer
+
+    data = tmp_path / "data"
+    write_synthetic_dataset(data, SynthConfig(size=64, seconds=8.0, num_identities=12, seed=0), 48,
+                            clips_per_shard=16, workers=0)
+    runs = {}
+    for variant, steps, extra in (("sync_tiny", 400, {}), ("stage1_tiny", 300, {"expert": "sync_tiny"}),
+                                  ("stage2_tiny", 800, {"stage1": "stage1_tiny"})):
+        cfg = _expr_config(variant, data, num_steps=steps, eval_every=steps, checkpoint_every=steps)
+        for key, run in extra.items():
+            cfg.task[key] = str(runs[run])
+        runs[variant] = tmp_path / variant
+        Trainer(get_task_class(cfg.task_name)(cfg), cfg, runs[variant]).train()
+    report = E.evaluate_runs(data, stage2_dir=runs["stage2_tiny"], expert_dir=runs["sync_tiny"], max_clips=12)
+    print(E.format_report(report))
+    gen, copy, gt = report["two_stage"], report["copy_exp0"], report["ground_truth"]
+    assert gen["mae"] < 0.6 * copy["mae"]
+    assert gen["corr"] > copy["corr"] + 0.5
+    for k in ("rate_per_min", "duration_frames"):
+        assert abs(gen[k] - gt[k]) < abs(copy[k] - gt[k]), k
+    assert gen["lse_c"] > copy["lse_c"] and gen["lse_d"] < copy["lse_d"]

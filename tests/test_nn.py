@@ -154,15 +154,18 @@ def test_upfirdn2d_matches_direct_2d_convolution(up, down, pad, factor):
 
 
 @pytest.mark.parametrize("k", [1, 3, 4])
-@pytest.mark.parametrize("dtype", ["float32", "float64"])  # two code paths (see the function)
-def test_conv_transpose2d_matches_scatter(k, dtype):
+@pytest.mark.parametrize("dtype,method", [("float32", "dilated"), ("float32", "phases"), ("float64", "phases"),
+                                          ("float64", "dilated")])
+def test_conv_transpose2d_matches_scatter(k, dtype, method):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 5, 4, 3))
     w = rng.standard_normal((k, k, 3, 2))
     with jax.enable_x64(True):
-        got = S.conv_transpose2d(jnp.asarray(x, dtype), jnp.asarray(w, dtype), 2)
+        got = S.conv_transpose2d(jnp.asarray(x, dtype), jnp.asarray(w, dtype), 2, method=method)
         assert got.shape == (2, 4 * 2 + k, 3 * 2 + k, 2) and got.dtype == dtype
         assert rel(got, np_conv_transpose2d(x, w, 2)) < (1e-13 if dtype == "float64" else 1e-6)
+    with pytest.raises(ValueError, match="method"):
+        S.conv_transpose2d(jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32), 2, method="fft")
 
 
 def test_equal_conv_and_linear_scale_at_runtime():

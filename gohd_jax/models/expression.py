@@ -13,8 +13,16 @@ Official code: Jia1018/GoHD ``networks/audio2exp.py`` (dossier section 7.2).
   2-layer, 512-unit LSTM (PyTorch's gate order i, f, g, o and both biases, zero initial state)
   reads [audio_em_t, c0, exp0, z_t] (512 + 512 + 64 + 512), z_t ~ N(0, I) a noise input per step,
   and out_t = MLP(h_t + c0) (512 -> 128 -> 21). Row 0 of the output is control0 unchanged.
-* ``TwoStageExpression``: stage 1 with 21 controls + stage 2: audio -> embeddings -> controls ->
-  expression, as ``TwoStageGenerator.forward``.
+* ``TransformerControlGenerator`` (stage 2, ``TwoStageTransGenerator``, the paper's transformer
+  ablation; ``ExpressionConfig.control_generator = "transformer"``): queries = noise z ~ N(0, I)
+  [B,T,H] + sinusoidal positions + c0; a post-norm transformer decoder (3 layers, 8 heads,
+  feed-forward 2048, dropout 0.1, ReLU; self-attention over the queries, cross-attention to the
+  audio embeddings) with a final LayerNorm; out_t = MLP(feature_t + c0) for every t, row 0
+  included. The release passes [B,T,D] tensors to ``nn.MultiheadAttention`` without
+  ``batch_first``, so its attention runs across the batch at each time step; no checkpoint of
+  this variant exists, and here attention runs over time, as intended.
+* ``TwoStageExpression``: stage 1 with 21 controls + stage 2 (either generator): audio ->
+  embeddings -> controls -> expression, as ``TwoStageGenerator.forward``.
 
 Shapes: ``audio`` [B, T, 80, 16] (one Wav2Lip mel window per frame, mel bins x time steps),
 ``exp0`` [B, 64], controls [B, T, K]; outputs [B, T, 64] / [B, T, 21]. The audio encoder runs on
@@ -33,7 +41,8 @@ from flax import nnx
 from gohd_jax.models.syncnet import AudioEncoder
 from gohd_jax.nn.lstm import LSTM
 
-__all__ = ["ExpressionConfig", "FrameExpression", "ControlGenerator", "TwoStageExpression"]
+__all__ = ["ExpressionConfig", "FrameExpression", "ControlGenerator", "TransformerControlGenerator",
+           "TwoStageExpression", "sinusoid_positions"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,19 @@ class ExpressionConfig:
     lstm_layers: int = 2
     noise_dim: int = 512
     audio_width: float = 1.0
+    control_generator: str = "lstm"
+    decoder_layers: int = 3
+    heads: int = 8
+    feed_forward: int = 2048
+    dropout: float = 0.1
+    max_frames: int = 1000
+
+    def __post_init__(self):
+        if self.control_generator not in ("lstm", "transformer"):
+            raise ValueError(f"control_generator must be 'lstm' or 'transformer', got {self.control_generator!r}")
+        if self.control_generator == "transformer" and self.hidden != self.audio_dim:
+            raise ValueError(f"the transformer generator attends to the audio embeddings: hidden "
+                             f"({self.hidden}) must equal audio_dim ({self.audio_dim})")
 
     @property
     def audio_dim(self) -> int:
@@ -66,7 +88,8 @@ class ExpressionConfig:
 
     @classmethod
     def tiny(cls, controls: int = 21) -> "ExpressionConfig":
-        return cls(controls=controls, hidden=64, control_hidden=32, noise_dim=16, audio_width=0.125)
+        return cls(controls=controls, hidden=64, control_hidden=32, noise_dim=16, audio_width=0.125,
+                   heads=4, feed_forward=128)
 
 
 def _torch_linear(rngs: nnx.Rngs, din: int, dout: int, *, zero_bias: bool = False) -> nnx.Linear:
@@ -139,9 +162,86 @@ class ControlGenerator(nnx.Module):
         out = self._mlp(self.output, h + c0[:, None])
         return jnp.concatenate([control0[:, None], out], axis=1)
 
-    def sample(self, audio_em, exp0, control0, key: jax.Array) -> jax.Array:
+    def sample(self, audio_em, exp0, control0, key: jax.Array, *, train: bool = False) -> jax.Array:
+        del train  # no dropout in this generator
         b, t = audio_em.shape[:2]
         return self(audio_em, exp0, control0, jax.random.normal(key, (b, t - 1, self.cfg.noise_dim)))
+
+
+def sinusoid_positions(length: int, dim: int) -> jax.Array:
+    """[length, dim] sinusoidal position table: sin on even, cos on odd channels (10000^(2i/dim))."""
+    pos = jnp.arange(length, dtype=jnp.float32)[:, None]
+    rate = jnp.power(10000.0, 2 * (jnp.arange(dim) // 2) / dim)
+    angle = pos / rate
+    return jnp.where(jnp.arange(dim) % 2 == 0, jnp.sin(angle), jnp.cos(angle))
+
+
+def _dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0)
+
+
+class _DecoderLayer(nnx.Module):
+    """Post-norm transformer decoder layer (``nn.TransformerDecoderLayer`` wiring, ReLU)."""
+
+    def __init__(self, cfg: ExpressionConfig, *, rngs: nnx.Rngs):
+        d = cfg.hidden
+        xavier = jax.nn.initializers.xavier_uniform()
+        attn = lambda: nnx.MultiHeadAttention(cfg.heads, d, kernel_init=xavier, dropout_rate=cfg.dropout,  # noqa: E731
+                                              decode=False, keep_rngs=False, rngs=rngs)
+        self.self_attn, self.cross_attn = attn(), attn()
+        self.linear1 = nnx.Linear(d, cfg.feed_forward, kernel_init=xavier, rngs=rngs)
+        self.linear2 = nnx.Linear(cfg.feed_forward, d, kernel_init=xavier, rngs=rngs)
+        self.norms = nnx.List([nnx.LayerNorm(d, epsilon=1e-5, rngs=rngs) for _ in range(3)])
+        self.rate = cfg.dropout
+
+    def __call__(self, x, memory, key: jax.Array | None):
+        keys = list(jax.random.split(key, 6)) if key is not None else [None] * 6
+        det = key is None
+        attn_rngs = lambda k: None if det else nnx.Rngs(dropout=k)  # noqa: E731
+        x = self.norms[0](x + _dropout(self.self_attn(x, deterministic=det, rngs=attn_rngs(keys[0])),
+                                       self.rate, keys[1]))
+        x = self.norms[1](x + _dropout(self.cross_attn(x, memory, deterministic=det, rngs=attn_rngs(keys[2])),
+                                       self.rate, keys[3]))
+        ff = self.linear2(_dropout(jax.nn.relu(self.linear1(x)), self.rate, keys[4]))
+        return self.norms[2](x + _dropout(ff, self.rate, keys[5]))
+
+
+class TransformerControlGenerator(nnx.Module):
+    """Stage 2, transformer variant. ``__call__(audio_em [B,T,A], exp0, control0 [B,21], noise
+    [B,T,H], dropout_key=None)`` -> controls [B,T,21] (every row generated; exp0 is not read, as
+    in the release). ``dropout_key`` given = training (dropout on)."""
+
+    def __init__(self, cfg: ExpressionConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.control_encoder = nnx.List([_torch_linear(rngs, cfg.control_dim, cfg.control_hidden),
+                                         _torch_linear(rngs, cfg.control_hidden, cfg.hidden)])
+        self.layers = nnx.List([_DecoderLayer(cfg, rngs=rngs) for _ in range(cfg.decoder_layers)])
+        self.norm = nnx.LayerNorm(cfg.hidden, epsilon=1e-5, rngs=rngs)
+        self.output = nnx.List([_torch_linear(rngs, cfg.hidden, cfg.control_hidden),
+                                _torch_linear(rngs, cfg.control_hidden, cfg.control_dim)])
+
+    def __call__(self, audio_em, exp0, control0, noise, dropout_key: jax.Array | None = None) -> jax.Array:
+        del exp0
+        b, t = audio_em.shape[:2]
+        if noise.shape != (b, t, self.cfg.hidden):
+            raise ValueError(f"noise must be [B={b}, T={t}, {self.cfg.hidden}], got {noise.shape}")
+        if t > self.cfg.max_frames:
+            raise ValueError(f"windows of at most {self.cfg.max_frames} frames, got {t}")
+        c0 = ControlGenerator._mlp(self.control_encoder, control0)[:, None]  # [B, 1, H]
+        x = noise + sinusoid_positions(t, self.cfg.hidden)[None] + c0
+        keys = [None] * len(self.layers) if dropout_key is None else jax.random.split(dropout_key, len(self.layers))
+        for layer, k in zip(self.layers, keys):
+            x = layer(x, audio_em, k)
+        return ControlGenerator._mlp(self.output, self.norm(x) + c0)
+
+    def sample(self, audio_em, exp0, control0, key: jax.Array, *, train: bool = False) -> jax.Array:
+        b, t = audio_em.shape[:2]
+        noise_key, dropout_key = jax.random.split(key)
+        return self(audio_em, exp0, control0, jax.random.normal(noise_key, (b, t, self.cfg.hidden)),
+                    dropout_key if train else None)
 
 
 class TwoStageExpression(nnx.Module):
@@ -154,7 +254,8 @@ class TwoStageExpression(nnx.Module):
                              f"controls; got controls={cfg.controls}")
         self.cfg = cfg
         self.stage1 = FrameExpression(cfg, rngs=rngs)
-        self.stage2 = ControlGenerator(cfg, rngs=rngs)
+        generator = TransformerControlGenerator if cfg.control_generator == "transformer" else ControlGenerator
+        self.stage2 = generator(cfg, rngs=rngs)
 
     def __call__(self, audio, exp0, control0, noise) -> dict[str, jax.Array]:
         audio_em = self.stage1.embed_audio(audio)

@@ -146,16 +146,24 @@ def antialias_taps(scale: float) -> np.ndarray:
     return (taps / taps.sum()).astype(np.float32)
 
 
+def _band_matrix(taps, n: int, stride: int) -> np.ndarray:
+    """[n_out, n] float32: row o holds ``taps`` from column o * stride (a VALID correlation)."""
+    taps = np.asarray(taps, np.float64)
+    n_out = (n - len(taps)) // stride + 1
+    m = np.zeros((n_out, n), np.float64)
+    for o in range(n_out):
+        m[o, o * stride:o * stride + len(taps)] = taps
+    return m.astype(np.float32)
+
+
 def _depthwise_1d(x: jax.Array, taps, axis: int, stride: int = 1) -> jax.Array:
-    """Correlate every channel of NHWC ``x`` with ``taps`` along H (axis 1) or W (axis 2), VALID."""
-    c = x.shape[-1]
-    k = jnp.asarray(taps, x.dtype)
-    shape = (len(taps), 1, 1, c) if axis == 1 else (1, len(taps), 1, c)
-    kernel = jnp.broadcast_to(k.reshape(shape[:2] + (1, 1)), shape)
-    strides = (stride, 1) if axis == 1 else (1, stride)
-    return lax.conv_general_dilated(x, kernel, strides, "VALID",
-                                    dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                    feature_group_count=c)
+    """Correlate every channel of NHWC ``x`` with ``taps`` along H (axis 1) or W (axis 2), VALID,
+    keeping every ``stride``-th output: a product with a banded matrix. On XLA:CPU this is
+    several times faster, forward and backward, than a grouped (depthwise) convolution or a
+    sum of shifted slices (the MS-SSIM loss's gradient at [8,64,64,3]: 82 -> 3.5 ms, 1 core)."""
+    m = jnp.asarray(_band_matrix(taps, x.shape[axis], stride), x.dtype)
+    spec = "oh,bhwc->bowc" if axis == 1 else "ow,bhwc->bhoc"
+    return jnp.einsum(spec, m, x, precision=lax.Precision.HIGHEST)
 
 
 def antialias_downsample(x: jax.Array, scale: float) -> jax.Array:
