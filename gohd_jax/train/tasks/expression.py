@@ -12,7 +12,10 @@ per frame), ``expression`` [W,64], ``controls`` [W,21] (blink ratio + 20 brow va
 * ``ExpressionStage2Task`` ("expression_stage2"): ``TwoStageExpression`` with stage 1 (audio
   encoder and head) restored from a stage-1 run (``task.stage1``) and frozen; the LSTM generates
   the controls from audio, exp0, control0 and per-step noise; the expression that stage 1 makes
-  of them is compared with the ground truth (MSE), plus the blink statistics term below.
+  of them is compared with the ground truth (MSE, plus ``task.loss.controls`` x the controls'
+  MSE), plus the blink distribution term below. With ``task.samples`` = K > 1 each window gets
+  K noise draws and only the one with the smallest error counts (a "variety" loss: the draws
+  spread over when a blink may come instead of all averaging it away).
 
 Blink distribution term (``task.loss.blink``): an expression MSE alone pulls a noise-driven
 generator towards the mean, i.e. eyes that never close (a blink at the wrong frame costs more than
