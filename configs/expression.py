@@ -6,9 +6,13 @@
 Variants (``_tiny``: narrow models that train on CPU in minutes, for ``make demo``):
   sync, sync_tiny   the lip-sync expert: Wav2Lip's SyncNet_color trained with BCE on in-sync vs
                     shifted (mel window, 5 lower-half face crops) pairs. Wav2Lip's lr 1e-4, batch 64.
+  sync_mouth, sync_mouth_tiny
+                    a coefficient-space expert (MouthSyncNet: the mel window against the mouth
+                    expression coefficients of the 5 frames), multi-way; stage 1's sync loss.
   stage1, stage1_tiny
                     frame-wise expression from audio + exp0 + the 21 ground-truth controls, MSE;
-                    the audio encoder from the expert run in task.expert, frozen (empty: trained).
+                    the audio encoder from the expert run in task.expert, frozen (empty: trained);
+                    + task.loss.sync x (1 - cos) through the frozen task.sync_expert run.
   stage2, stage2_tiny
                     the control generator on the frozen stage 1 of task.stage1 (an LSTM, or
                     the transformer with --config.task.model.control_generator=transformer);
@@ -22,7 +26,8 @@ Variants (``_tiny``: narrow models that train on CPU in minutes, for ``make demo
 
 import ml_collections
 
-VARIANTS = ("sync", "sync_tiny", "stage1", "stage1_tiny", "stage2", "stage2_tiny")
+VARIANTS = ("sync", "sync_tiny", "sync_mouth", "sync_mouth_tiny", "stage1", "stage1_tiny", "stage2",
+            "stage2_tiny")
 
 
 def _base() -> ml_collections.ConfigDict:
@@ -47,6 +52,8 @@ def get_config(variant: str = "sync_tiny") -> ml_collections.ConfigDict:
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}: choose one of {', '.join(VARIANTS)}")
     stage, _, size = variant.partition("_")
+    mouth = size.startswith("mouth")
+    size = size.removeprefix("mouth").lstrip("_")
     c = _base()
     if stage == "sync":
         c.task_name = "syncnet"
@@ -66,6 +73,13 @@ def get_config(variant: str = "sync_tiny") -> ml_collections.ConfigDict:
             # 400 steps: multi-way (7 negatives) held-out pair accuracy 0.70, 8-way 0.26 (chance
             # 0.125); Wav2Lip's BCE 0.58 (0.47 with the lower half); BENCHMARKS.md.
             c.task.loss, c.task.negatives = "multiway", 7
+        # visual: "face" (pixels, SyncNet) or "mouth" (MouthSyncNet on the mouth expression
+        # coefficients of the 5 frames: stage 1's sync loss, task.sync_expert there)
+        c.task.visual = "face"
+        if mouth:
+            c.task.visual = "mouth"
+            c.task.model.mouth_dims = (0, 1, 2)
+            c.task.loss, c.task.negatives = "multiway", 7
         return c
     c.task_name = f"expression_{stage}"
     c.ema_decay = 0.999
@@ -76,6 +90,9 @@ def get_config(variant: str = "sync_tiny") -> ml_collections.ConfigDict:
                                         "expert": "", "stage1": ""})
     c.task.model = ml_collections.ConfigDict({"preset": "official"})
     c.task.loss = ml_collections.ConfigDict({"blink": 1.0})
+    if stage == "stage1":  # optional sync loss through a frozen sync_mouth* expert run
+        c.task.sync_expert = ""
+        c.task.loss.sync = 0.0
     if stage == "stage2":
         c.task.model.control_generator = "lstm"  # or "transformer" (TwoStageTransGenerator)
         # samples: noise draws per window, the best of which the expression + control error counts

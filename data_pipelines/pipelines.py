@@ -22,7 +22,8 @@ Stages and their samples (W = window length, frames at 25 fps):
   [64] (the window's first frame). W = 30 by default.
 * ``sync`` (the lip-sync expert): ``mel`` float32 [80,16], the Wav2Lip window of a frame f (0.2 s
   centred on it), ``faces`` uint8 [W,H,W_img,3], frames f-2 .. f+2 (W = 5; the expert crops
-  its mouth box from them, ``SyncNetConfig.face_box``),
+  its mouth box from them, ``SyncNetConfig.face_box``), ``expression`` float32 [W,64] of the same
+  frames (what the coefficient-space expert reads),
   and ``label`` float32: 1 with probability 1/2 (the mel is frame f's), else 0 and the mel is
   that of a frame g of the same clip with |g - f| >= W (``offset`` = g - f, int32). Clips need
   3 W frames. With ``sync_negatives=K``, also ``mel_candidates`` float32 [1+K,80,16]: frame f's
@@ -189,7 +190,8 @@ class SyncSampler(_Sampler):
         negs = rng.choice(far, self.negatives, replace=len(far) < self.negatives) if self.negatives else []
         mels = audio.frame_mel_windows(clip["mel_80hz"], t, frames=[g, f, *negs])
         faces = np.stack([schema.decode_jpeg(clip["frames"][i]) for i in range(f - half, f - half + w)])
-        out = {"mel": np.asarray(mels[0], np.float32), "faces": faces,
+        expression = np.asarray(clip["descriptors"][f - half:f - half + w, schema.EXPRESSION], np.float32)
+        out = {"mel": np.asarray(mels[0], np.float32), "faces": faces, "expression": expression,
                "label": np.float32(in_sync), "offset": np.int32(g - f), "start": np.int32(f)}
         if self.negatives:
             out["mel_candidates"] = np.asarray(mels[1:], np.float32)

@@ -380,3 +380,48 @@ def test_small_budget_expression_beats_copy_exp0(tmp_path):
     for k in ("rate_per_min", "duration_frames"):
         assert abs(gen[k] - gt[k]) < abs(copy[k] - gt[k]), k
     assert gen["lse_c"] > copy["lse_c"] and gen["lse_d"] < copy["lse_d"]
+
+
+def test_mouth_expert_trains_and_gives_stage1_a_sync_loss(synth_expr, tmp_path):
+    """The coefficient-space expert (sync_mouth_tiny) trains on the trainer; stage 1 with it as
+    task.sync_expert adds loss.sync x (1 - cos) and reports the ground truth's cosine in eval; a
+    pixel expert is refused as a sync loss, and a sync weight without an expert is an error."""
+    from gohd_jax.models.syncnet import MouthSyncNet
+    from gohd_jax.parallel import make_mesh
+    from gohd_jax.train.restore import load_model
+    from gohd_jax.train.tasks import get_task_class
+    from gohd_jax.train.trainer import Trainer
+
+    def config(variant, steps=2, sync_weight=0.0, **task):
+        cfg = _expr_config(variant, synth_expr, batch_size=4, num_steps=steps, log_every=1,
+                           eval_every=steps, eval_steps=1, checkpoint_every=steps)
+        cfg.task.update(task)
+        if variant.startswith("stage1"):
+            cfg.task.loss.sync = sync_weight
+        return cfg
+
+    mesh = make_mesh(1, 1, devices=jax.devices()[:1])
+
+    def run(name, cfg):
+        Trainer(get_task_class(cfg.task_name)(cfg), cfg, tmp_path / name, mesh=mesh).train()
+        return [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+
+    rows = run("mouth", config("sync_mouth_tiny"))
+    assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
+    assert isinstance(load_model(tmp_path / "mouth", "syncnet"), MouthSyncNet)
+    assert float(_expr_config("stage1_tiny", synth_expr).task.loss.sync) == 0.0  # off by default
+    for weight in (0.5,):
+        rows = run(f"stage1_{weight}", config("stage1_tiny", sync_weight=weight, sync_expert=str(tmp_path / "mouth")))
+        train = [r for r in rows if "loss_mse" in r]
+        assert train and all(-1.0 <= r["sync_cos"] <= 1.0 for r in train)
+        np.testing.assert_allclose(train[0]["loss"], train[0]["loss_mse"] + weight * (1 - train[0]["sync_cos"]),
+                                   rtol=1e-5)
+        evals = [r for r in rows if "eval/sync_cos_gt" in r]
+        assert evals and np.isfinite(evals[-1]["eval/sync_cos"])
+    run("pixel", config("sync_tiny", steps=1))
+    with pytest.raises(ValueError, match="coefficient-space"):
+        cfg = config("stage1_tiny", sync_expert=str(tmp_path / "pixel"))
+        get_task_class(cfg.task_name)(cfg)
+    with pytest.raises(ValueError, match="needs task.sync_expert"):
+        cfg = config("stage1_tiny", sync_weight=1.0)
+        get_task_class(cfg.task_name)(cfg)

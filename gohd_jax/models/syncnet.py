@@ -28,7 +28,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-__all__ = ["ConvBlock", "AudioEncoder", "FaceEncoder", "SyncNet", "SyncNetConfig", "sync_probability",
+__all__ = ["ConvBlock", "AudioEncoder", "FaceEncoder", "SyncNet", "SyncNetConfig", "MouthSyncNet",
+           "MouthSyncConfig", "sync_probability",
            "face_input", "crop_box", "LOWER_HALF", "SYNTHETIC_MOUTH", "AUDIO_LAYERS", "FACE_LAYERS"]
 
 # (in, out, kernel, stride, padding, residual) per block, as the official Sequential lists them.
@@ -158,6 +159,50 @@ class SyncNet(nnx.Module):
     def embed_face(self, face: jax.Array, *, train: bool = False) -> jax.Array:
         """[N, H, W, 15] -> L2-normalised [N, 512 x width]."""
         return _l2_normalize(self.face_encoder(face, train=train))
+
+
+@dataclass(frozen=True)
+class MouthSyncConfig:
+    """The coefficient-space expert: ``mouth_dims`` of the 64 expression coefficients of
+    ``frames`` frames against their mel window; ``width`` scales the audio encoder as in
+    ``SyncNetConfig``; ``hidden`` the mouth MLP's width."""
+    width: float = 1.0
+    frames: int = 5
+    mouth_dims: tuple[int, ...] = (0, 1, 2)
+    hidden: int = 256
+
+    @property
+    def embed_dim(self) -> int:
+        return max(1, int(512 * self.width))
+
+
+class MouthSyncNet(nnx.Module):
+    """A lip-sync expert on expression coefficients instead of pixels (the release's unused
+    ``LandmarkSyncNet`` reads mouth landmarks the same way): SyncNet's audio encoder on the mel
+    window, and an MLP (frames x |mouth_dims| -> hidden -> hidden -> embed, LeakyReLU 0.2) on the
+    mouth coefficients of the frames around it. Being differentiable in the coefficients, it is
+    stage 1's sync loss. ``embed_audio([N,80,16,1])``, ``embed_mouth(expression [N,frames,64])``
+    -> L2-normalised [N, 512 x width]."""
+
+    def __init__(self, cfg: MouthSyncConfig = MouthSyncConfig(), *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+        self.cfg = cfg
+        self.audio_encoder = AudioEncoder(rngs=rngs, param_dtype=param_dtype, width=cfg.width)
+        dims = [cfg.frames * len(cfg.mouth_dims), cfg.hidden, cfg.hidden, cfg.embed_dim]
+        self.mouth_mlp = nnx.List([nnx.Linear(a, b, rngs=rngs, param_dtype=param_dtype)
+                                   for a, b in zip(dims[:-1], dims[1:])])
+
+    def embed_audio(self, audio: jax.Array, *, train: bool = False) -> jax.Array:
+        return _l2_normalize(self.audio_encoder(audio, train=train))
+
+    def embed_mouth(self, expression: jax.Array) -> jax.Array:
+        if expression.ndim != 3 or expression.shape[1] != self.cfg.frames:
+            raise ValueError(f"expression must be [N, {self.cfg.frames}, E], got {tuple(expression.shape)}")
+        x = expression[..., list(self.cfg.mouth_dims)].reshape(expression.shape[0], -1)
+        for i, layer in enumerate(self.mouth_mlp):
+            x = layer(x)
+            if i < len(self.mouth_mlp) - 1:
+                x = jax.nn.leaky_relu(x, 0.2)
+        return _l2_normalize(x)
 
 
 def _l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:

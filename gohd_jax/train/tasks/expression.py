@@ -7,7 +7,12 @@ per frame), ``expression`` [W,64], ``controls`` [W,21] (blink ratio + 20 brow va
   every frame from its audio window, exp0 and the ground-truth controls; loss = MSE over the 64
   coefficients. The audio encoder is either initialised from a trained lip-sync expert
   (``task.expert`` = its run directory) and frozen, as GoHD freezes Wav2Lip's, or trained with the
-  head (no expert; its BatchNorm statistics are then updated). The release's variant without
+  head (no expert; its BatchNorm statistics are then updated). Optional sync loss
+  (``task.sync_expert`` = the run directory of a coefficient-space expert, ``task.visual =
+  "mouth"`` in ``configs/expression.py:sync_mouth_tiny``; weight ``task.loss.sync``): for every
+  frame f with two neighbours on each side, 1 - cosine between the frozen expert's embedding of
+  the mel window of f and of the predicted mouth coefficients of frames f-2 .. f+2; eval reports
+  ``sync_cos`` and the ground truth's ``sync_cos_gt``. The release's variant without
   controls is ``task.controls = 0``.
 * ``ExpressionStage2Task`` ("expression_stage2"): ``TwoStageExpression`` with stage 1 (audio
   encoder and head) restored from a stage-1 run (``task.stage1``) and frozen; the LSTM generates
@@ -46,8 +51,7 @@ from gohd_jax.models.expression import ExpressionConfig, FrameExpression, TwoSta
 from gohd_jax.train.task import Task
 
 __all__ = ["ExpressionStage1Task", "ExpressionStage2Task", "expression_config", "blink_statistics",
-           "blink_distribution_loss", "CLOSED_RATIO",
-           "CLOSED_TEMPERATURE"]
+           "blink_distribution_loss", "CLOSED_RATIO", "CLOSED_TEMPERATURE"]
 
 CLOSED_RATIO = 0.15       # blink ratio below which the eyes count as closed
 CLOSED_TEMPERATURE = 0.02
@@ -126,6 +130,36 @@ class ExpressionStage1Task(_ExpressionTask):
                 raise ValueError(f"the expert's audio encoder has width {sync.cfg.width}, the stage-1 "
                                  f"model {self.model_cfg.audio_width}: set task.model.audio_width")
             self._expert_encoder = jax.tree_util.tree_map(np.asarray, nnx.state(enc))
+        self.sync_expert = str(config.task.get("sync_expert", "") or "")
+        self._sync = None
+        if self.sync_expert:
+            from gohd_jax.models.syncnet import MouthSyncNet
+            from gohd_jax.train.restore import load_model
+
+            sync = load_model(self.sync_expert, "syncnet", expect_task="syncnet")
+            if not isinstance(sync, MouthSyncNet):
+                raise ValueError(f"{self.sync_expert}: the sync loss needs a coefficient-space expert "
+                                 f"(task.visual='mouth'); this run trained a pixel expert")
+            graphdef, sync_state = nnx.split(sync)
+            self._sync = (graphdef, jax.tree_util.tree_map(np.asarray, sync_state))
+        elif float(config.task.loss.get("sync", 0.0)):
+            raise ValueError("task.loss.sync > 0 needs task.sync_expert (a task.visual='mouth' expert run)")
+
+    def sync_cosine(self, exp: jax.Array, mel_windows: jax.Array) -> jax.Array:
+        """Mean cosine of the frozen coefficient expert between each frame's mel window and the
+        mouth coefficients of the frames around it; exp [B,T,64], mel_windows [B,T,80,16]."""
+        graphdef, sync_state = self._sync
+        expert = nnx.merge(graphdef, jax.tree_util.tree_map(jnp.asarray, sync_state))
+        n = expert.cfg.frames
+        b, t = exp.shape[:2]
+        if t < n:
+            raise ValueError(f"the sync loss needs windows of >= {n} frames, got {t}")
+        half, centres = n // 2, t - n + 1
+        idx = np.arange(centres)[:, None] + np.arange(n)[None]  # [centres, n]
+        mouth = exp[:, idx].reshape(b * centres, n, exp.shape[-1])
+        mel = mel_windows[:, half:half + centres].reshape(b * centres, 80, 16, 1)
+        a = jax.lax.stop_gradient(expert.embed_audio(mel))
+        return jnp.mean(jnp.sum(a * expert.embed_mouth(mouth), axis=-1))
 
     @property
     def frozen_encoder(self) -> bool:
@@ -150,20 +184,32 @@ class ExpressionStage1Task(_ExpressionTask):
             if self.frozen_encoder:
                 em = jax.lax.stop_gradient(em)
             exp = model.head(em, batch["exp0"], self._controls(batch))
-            return jnp.mean((exp - batch["expression"]) ** 2), (ctx.rest_of(model), exp)
+            terms = {"loss_mse": jnp.mean((exp - batch["expression"]) ** 2)}
+            total = terms["loss_mse"]
+            if self._sync is not None:
+                terms["sync_cos"] = self.sync_cosine(exp, batch["mel_windows"])
+                total = total + float(self.config.task.loss.get("sync", 0.0)) * (1.0 - terms["sync_cos"])
+            return total, (ctx.rest_of(model), exp, terms)
 
-        (loss, (rest, exp)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params["expression"])
+        (loss, (rest, exp, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params["expression"])
         state = ctx.apply_gradients(state, "expression", grads, rest=rest if train_bn else None)
         mouth = jnp.mean(jnp.abs(self._mouth(exp) - self._mouth(batch["expression"])))
-        return state, {"loss": loss, "mouth_mae": mouth, "grad_norm": optax.global_norm(grads)}
+        return state, {"loss": loss, **terms, "mouth_mae": mouth, "grad_norm": optax.global_norm(grads)}
 
     def eval_step(self, ctx, state, batch):
         model = ctx.ema_model(state, "expression") if state.ema else ctx.model(state, "expression")
-        return self._eval_terms(model(batch["mel_windows"], batch["exp0"], self._controls(batch)), batch)
+        exp = model(batch["mel_windows"], batch["exp0"], self._controls(batch))
+        terms = self._eval_terms(exp, batch)
+        if self._sync is not None:
+            terms["sync_cos"] = self.sync_cosine(exp, batch["mel_windows"])
+            terms["sync_cos_gt"] = self.sync_cosine(batch["expression"], batch["mel_windows"])
+        return terms
 
     def describe(self):
         return {"controls": self.model_cfg.controls, "audio_encoder": f"frozen expert {self.expert}"
-                if self.expert else "trained (no expert given)"}
+                if self.expert else "trained (no expert given)",
+                "sync_loss": f"{float(self.config.task.loss.get('sync', 0.0))} x (1 - cos), expert "
+                f"{self.sync_expert}" if self.sync_expert else "off"}
 
 
 class ExpressionStage2Task(_ExpressionTask):

@@ -17,7 +17,11 @@ training and frozen for eval (``state.rest``). Two losses (``config.task.loss``)
   held-out pair accuracy in 400 steps with it, 0.58 with the BCE (BENCHMARKS.md). Metrics
   ``accuracy``: the in-sync window scores highest (chance 1 / (1 + K)); ``pair_accuracy``: it beats the first shifted one (chance 0.5).
 
-Scoring whole clips (offset, LSE-D, LSE-C) is ``gohd_jax.eval.lipsync``.
+``task.visual``: ``"face"`` (the pixel expert above, ``SyncNet``) or ``"mouth"``
+(``MouthSyncNet``: the same audio encoder against the mouth expression coefficients of the 5
+frames, ``task.model.mouth_dims``; differentiable in the coefficients, it is stage 1's sync loss).
+
+Scoring whole clips (offset, LSE-D, LSE-C) is ``gohd_jax.eval.lipsync`` (pixel expert).
 """
 
 from __future__ import annotations
@@ -27,18 +31,25 @@ import jax.numpy as jnp
 import optax
 
 from data_pipelines import pipelines
-from gohd_jax.models.syncnet import SyncNet, SyncNetConfig, face_input, sync_probability
+from gohd_jax.models.syncnet import (MouthSyncConfig, MouthSyncNet, SyncNet, SyncNetConfig, face_input,
+                                     sync_probability)
 from gohd_jax.train.task import Task
 
 __all__ = ["SyncNetTask", "syncnet_config", "bce"]
 
 
-def syncnet_config(task_cfg) -> SyncNetConfig:
+def syncnet_config(task_cfg) -> SyncNetConfig | MouthSyncConfig:
     preset = task_cfg.model.preset
     if preset not in ("tiny", "official"):
         raise ValueError(f"unknown model preset {preset!r}: choose tiny or official")
     base = SyncNetConfig.tiny() if preset == "tiny" else SyncNetConfig()
     width = float(task_cfg.model.get("width", base.width))
+    visual = task_cfg.get("visual", "face")
+    if visual == "mouth":
+        dims = tuple(int(i) for i in task_cfg.model.get("mouth_dims", MouthSyncConfig.mouth_dims))
+        return MouthSyncConfig(width=width, frames=base.frames, mouth_dims=dims)
+    if visual != "face":
+        raise ValueError(f"task.visual must be 'face' or 'mouth', got {visual!r}")
     box = tuple(float(x) for x in task_cfg.model.get("face_box", base.face_box))
     return SyncNetConfig(width=width, face_size=base.face_size, frames=base.frames, face_box=box)
 
@@ -57,8 +68,19 @@ class SyncNetTask(Task):
         if self.loss_type == "multiway" and self.negatives < 1:
             raise ValueError("task.loss='multiway' needs task.negatives >= 1 shifted windows per sample")
 
+    @property
+    def mouth(self) -> bool:
+        return isinstance(self.model_cfg, MouthSyncConfig)
+
     def create_models(self, rngs):
-        return {"syncnet": SyncNet(self.model_cfg, rngs=rngs)}
+        cls = MouthSyncNet if self.mouth else SyncNet
+        return {"syncnet": cls(self.model_cfg, rngs=rngs)}
+
+    def _embed_visual(self, model, batch, *, train: bool):
+        if self.mouth:
+            return model.embed_mouth(batch["expression"])
+        face = face_input(batch["faces"], self.model_cfg.face_size, self.model_cfg.face_box)
+        return model.embed_face(face, train=train)
 
     def optimizers(self):
         return {"syncnet": optax.adam(float(self.config.task.learning_rate))}
@@ -73,16 +95,14 @@ class SyncNetTask(Task):
 
     def _losses(self, model, batch, *, train: bool):
         """(loss, metrics) of a batch for ``task.loss``; BatchNorm in training mode if ``train``."""
-        face = face_input(batch["faces"], self.model_cfg.face_size, self.model_cfg.face_box)
+        v = self._embed_visual(model, batch, train=train)
         if self.loss_type == "bce":
-            a, v = model(batch["mel"][..., None], face, train=train)
-            p = sync_probability(a, v)
+            p = sync_probability(model.embed_audio(batch["mel"][..., None], train=train), v)
             loss = bce(p, batch["label"])
             return loss, {"loss": loss, "accuracy": jnp.mean(((p > 0.5) == (batch["label"] > 0.5)).astype(jnp.float32))}
         cands = batch["mel_candidates"]  # [B, 1+K, 80, 16], in sync first
         b, k = cands.shape[:2]
         a = model.embed_audio(cands.reshape(b * k, *cands.shape[2:], 1), train=train).reshape(b, k, -1)
-        v = model.embed_face(face, train=train)
         cos = jnp.einsum("bkd,bd->bk", a, v)
         logits = cos / float(self.config.task.temperature)
         loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, jnp.zeros((b,), jnp.int32)))
@@ -111,5 +131,7 @@ class SyncNetTask(Task):
                                       sync_negatives=self.negatives)
 
     def describe(self):
-        return {"width": self.model_cfg.width, "face_size": self.model_cfg.face_size, "loss": self.loss_type,
+        visual = ({"visual": "mouth", "mouth_dims": self.model_cfg.mouth_dims} if self.mouth
+                  else {"face_size": self.model_cfg.face_size})
+        return {"width": self.model_cfg.width, **visual, "loss": self.loss_type,
                 **({"negatives": self.negatives} if self.negatives else {})}
