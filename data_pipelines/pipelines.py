@@ -23,7 +23,7 @@ Stages and their samples (W = window length, frames at 25 fps):
 * ``sync`` (the lip-sync expert): ``mel`` float32 [80,16], the Wav2Lip window of a frame f (0.2 s
   centred on it), ``faces`` uint8 [W,H,W_img,3], frames f-2 .. f+2 (W = 5; the expert crops
   its mouth box from them, ``SyncNetConfig.face_box``), ``expression`` float32 [W,64] of the same
-  frames (what the coefficient-space expert reads),
+  frames (what the coefficient-space expert reads; ``sync_faces=False`` leaves the faces out),
   and ``label`` float32: 1 with probability 1/2 (the mel is frame f's), else 0 and the mel is
   that of a frame g of the same clip with |g - f| >= W (``offset`` = g - f, int32). Clips need
   3 W frames. With ``sync_negatives=K``, also ``mel_candidates`` float32 [1+K,80,16]: frame f's
@@ -175,6 +175,7 @@ class SyncSampler(_Sampler):
     first, then those of ``negatives`` frames >= W away (the multi-way expert's choice)."""
 
     negatives: int = 0
+    faces: bool = True  # False: no JPEG decoding (the coefficient-space expert reads expression only)
 
     def sample(self, clip, rng):
         from data_pipelines import audio
@@ -189,10 +190,11 @@ class SyncSampler(_Sampler):
         g = f if in_sync else int(far[rng.integers(0, len(far))])  # shifted: uniform over far frames
         negs = rng.choice(far, self.negatives, replace=len(far) < self.negatives) if self.negatives else []
         mels = audio.frame_mel_windows(clip["mel_80hz"], t, frames=[g, f, *negs])
-        faces = np.stack([schema.decode_jpeg(clip["frames"][i]) for i in range(f - half, f - half + w)])
         expression = np.asarray(clip["descriptors"][f - half:f - half + w, schema.EXPRESSION], np.float32)
-        out = {"mel": np.asarray(mels[0], np.float32), "faces": faces, "expression": expression,
+        out = {"mel": np.asarray(mels[0], np.float32), "expression": expression,
                "label": np.float32(in_sync), "offset": np.int32(g - f), "start": np.int32(f)}
+        if self.faces:
+            out["faces"] = np.stack([schema.decode_jpeg(clip["frames"][i]) for i in range(f - half, f - half + w)])
         if self.negatives:
             out["mel_candidates"] = np.asarray(mels[1:], np.float32)
         return out
@@ -205,7 +207,8 @@ _SAMPLERS = {"animator": AnimatorSampler, "motion": MotionSampler, "expression":
 def make_dataset(stage: str, data_dir, *, seed: int = 0, window: int | None = None, split: str = "train",
                  heldout_fraction: float = 0.25, num_epochs: int | None = None,
                  shard_index: int | None = None, shard_count: int | None = None,
-                 condition: str = "mel100", sync_negatives: int = 0) -> grain.MapDataset:
+                 condition: str = "mel100", sync_negatives: int = 0,
+                 sync_faces: bool = True) -> grain.MapDataset:
     """The unbatched sample stream of ``stage`` (see the module docstring).
 
     ``data_dir`` is a clip dataset folder, or any clip source with ``index`` and
@@ -229,7 +232,7 @@ def make_dataset(stage: str, data_dir, *, seed: int = 0, window: int | None = No
                            f"fewer than the {shard_count} data shards (processes)")
     kwargs = {"condition": condition} if stage == "motion" else {}
     if stage == "sync":
-        kwargs = {"negatives": int(sync_negatives)}
+        kwargs = {"negatives": int(sync_negatives), "faces": bool(sync_faces)}
     sampler = _SAMPLERS[stage](clips=clips, window=window, **kwargs)
     ds = grain.MapDataset.source(eligible)[shard_index::shard_count]
     return ds.seed(seed).shuffle().repeat(num_epochs).random_map(sampler)

@@ -225,6 +225,10 @@ def test_sync_pipeline_pairs(tmp_path):
         if s["label"] == 1:
             np.testing.assert_array_equal(c[0], s["mel"])
         assert all(np.abs(c[0] - c[j]).max() > 0 for j in range(1, 4))
+    # The coefficient-space expert's samples: the 5 frames' expression, no decoded faces.
+    ds = pipelines.make_dataset("sync", tmp_path, split="all", shard_index=0, shard_count=1, sync_faces=False)
+    s = ds[0]
+    assert "faces" not in s and s["expression"].shape == (5, 64)
 
 
 def test_face_input_crops_the_mouth_box():

@@ -128,7 +128,7 @@ class SyncNetTask(Task):
         d = self.config.data
         return pipelines.make_dataset("sync", d.dir, seed=seed, split=split, shard_index=shard_index,
                                       shard_count=shard_count, heldout_fraction=float(d.heldout_fraction),
-                                      sync_negatives=self.negatives)
+                                      sync_negatives=self.negatives, sync_faces=not self.mouth)
 
     def describe(self):
         visual = ({"visual": "mouth", "mouth_dims": self.model_cfg.mouth_dims} if self.mouth
