@@ -222,7 +222,9 @@ for _kind, _module, _function in (
         ("pose_diffusion", "motion_weights", "parity_pose_diffusion"),
         ("gaze_diffusion", "motion_weights", "parity_gaze_diffusion"),
         ("audio2exp", "expression_weights", "parity_audio2exp"),
-        ("audio2exp_twostage", "expression_weights", "parity_audio2exp_twostage")):
+        ("audio2exp_twostage", "expression_weights", "parity_audio2exp_twostage"),
+        ("deep3d_recon", "estimator_weights", "parity_deep3d_recon"),
+        ("l2cs", "estimator_weights", "parity_l2cs")):
     register(_kind)(_lazy_checker(_module, _function))
 
 
