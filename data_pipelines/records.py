@@ -48,7 +48,7 @@ def shard_name(index: int, count: int) -> str:
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # several processes may write one file
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=1, sort_keys=True)
         f.flush()
@@ -212,7 +212,7 @@ def _write_shard(root: Path, name: str, compression: str, indices: range, result
                         "sha256": digest, "records": entries, "skipped": skipped})
 
 
-def _finish_manifest(root: Path, names: list[str], plan: dict) -> dict:
+def _finish_manifest(root: Path, names: list[str], plan: dict, extra_skipped: list | None = None) -> dict:
     shards = []
     for name in names:
         done = _shard_done(root, name)
@@ -220,7 +220,7 @@ def _finish_manifest(root: Path, names: list[str], plan: dict) -> dict:
             raise DatasetError(f"shard {name} in {root} did not finish; rerun the writer to complete it")
         shards.append(done)
     records = [r for s in shards for r in s["records"]]
-    skipped = [k for s in shards for k in s["skipped"]]
+    skipped = [k for s in shards for k in s["skipped"]] + list(extra_skipped or [])
     frames = sum(r["num_frames"] for r in records)
     manifest = {
         "format": FORMAT, "schema_version": schema.SCHEMA_VERSION, "fields": schema.FIELDS,

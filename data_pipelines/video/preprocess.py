@@ -1,0 +1,421 @@
+"""One video -> clip records, and the resumable, sharded writer over a list of videos.
+
+Per video, two streamed passes (memory stays constant on long videos: one decoded frame, plus
+the clip being assembled, at most ``max_seconds`` of 256x256 JPEGs):
+
+1. decode at 25 fps, detect the face (dlib HOG, on a copy at most ``detect_size`` px on its longer
+   side), its 68 landmarks (full resolution), a 32x32 thumbnail -> ``segment`` the frames into
+   clips, each with a fixed crop: GoHD's official crop of the clip's median detector box.
+2. decode again; for each clip frame: the 256x256 crop, the landmarks moved into it (controls:
+   blink ratio and brows, ``data_pipelines.controls``), the estimators' inputs (Deep3DFaceRecon's
+   5-point alignment, L2CS's face crop), batched through the jitted estimators -> descriptors;
+   at the clip's end its 16 kHz audio, both mels, and the record.
+
+Each record's ``aux`` holds per frame: ``crop_box`` [T,4] (the frame-pixel crop, int32),
+``landmarks`` [T,68,2] (float32, crop pixels) and ``source_frame`` [T] (the 25 fps index in the
+video).
+
+Output layout (a normal clip dataset: ``ClipDataset`` and the Grain pipelines read it)::
+
+    OUT/plan.json                           settings (a rerun with other settings is refused)
+    OUT/videos/<key>.array_record           one video's clips
+    OUT/videos/<key>.array_record.done.json its commit marker: records, drops, timing
+    OUT/manifest.json                       rebuilt from every marker when a process finishes
+    OUT/report-<index>-of-<count>.json      that process's report
+
+A video counts as done once its marker exists (a video without clips has a marker and no shard),
+so a rerun skips finished videos and a crash loses at most the video in progress.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from data_pipelines import records, schema
+from data_pipelines.controls import controls_from_landmarks
+from data_pipelines.video import align
+from data_pipelines.video.decode import AudioStream, SkipVideo, VIDEO_EXTENSIONS, frames_25fps, open_video
+from data_pipelines.video.faces import CROP_SIZE, FaceModels, crop_and_resize, official_crop_box
+from data_pipelines.video.segment import Clip, SegmentConfig, segment, thumbnail
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PreprocessConfig", "StageTimer", "process_video", "preprocess", "list_videos", "video_key",
+           "identity_of", "STAGES", "DEFAULT_IDENTITY_REGEX"]
+
+STAGES = ("decode", "detect", "crop", "landmarks", "estimators", "mel", "write")
+VIDEOS = "videos"
+# "12_WRA_RoyBlunt_003" -> "WRA_RoyBlunt": a leading index and a trailing clip number dropped.
+DEFAULT_IDENTITY_REGEX = r"^(?:\d+_)?(?P<id>.+?)(?:_\d+)?$"
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessConfig:
+    segment: SegmentConfig = SegmentConfig()
+    detect_size: int = 640
+    jpeg_quality: int = 95
+    compression: str = "snappy"
+    identity_regex: str = DEFAULT_IDENTITY_REGEX
+
+    def plan(self) -> dict:
+        return {"kind": "video", "segment": dataclasses.asdict(self.segment),
+                "detect_size": self.detect_size, "identity_regex": self.identity_regex}
+
+
+class StageTimer:
+    """Seconds and frames per stage (``with timer("detect", frames=1): ...``)."""
+
+    def __init__(self):
+        self.seconds: Counter = Counter()
+        self.frames: Counter = Counter()
+
+    def __call__(self, stage: str, frames: int = 0):
+        timer = self
+
+        class _Span:
+            def __enter__(self):
+                self.t = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.seconds[stage] += time.perf_counter() - self.t
+                timer.frames[stage] += frames
+
+        return _Span()
+
+    def merge(self, other: dict) -> None:
+        for k, v in other.get("seconds", {}).items():
+            self.seconds[k] += v
+        for k, v in other.get("frames", {}).items():
+            self.frames[k] += v
+
+    def as_dict(self) -> dict:
+        return {"seconds": {k: round(float(v), 4) for k, v in self.seconds.items()},
+                "frames": dict(self.frames)}
+
+
+def video_key(path: str | Path) -> str:
+    """A stable file-name-safe key: the stem plus a hash of the resolved path."""
+    p = Path(path)
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", p.stem)[:60] or "video"
+    return f"{stem}-{hashlib.sha1(str(p.resolve()).encode()).hexdigest()[:10]}"
+
+
+def identity_of(path: str | Path, regex: str = DEFAULT_IDENTITY_REGEX) -> str:
+    m = re.match(regex, Path(path).stem)
+    if m is None:
+        return Path(path).stem
+    return m.groupdict().get("id") or (m.group(1) if m.groups() else m.group(0))
+
+
+def list_videos(sources: Iterable[str]) -> list[str]:
+    """Folders (searched recursively for video extensions), list files (``.txt``/``.lst``: one path
+    per line, relative to the list's folder) and plain paths -> a sorted, de-duplicated list."""
+    out: list[str] = []
+    for src in sources:
+        p = Path(src)
+        if p.is_dir():
+            out += [str(f) for f in sorted(p.rglob("*")) if f.suffix.lower() in VIDEO_EXTENSIONS and f.is_file()]
+        elif p.suffix.lower() in (".txt", ".lst") and p.is_file():
+            for line in p.read_text().splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    q = Path(line)
+                    out.append(str(q if q.is_absolute() else p.parent / q))
+        else:
+            out.append(str(p))  # a missing file becomes a counted skip, not an error
+    return sorted(dict.fromkeys(out))
+
+
+def _detect_all(info, faces: FaceModels, cfg: PreprocessConfig, timer: StageTimer):
+    """Pass 1: per-frame detector box and 68 landmarks (frame pixels; None without a face) and
+    a 32x32 thumbnail."""
+    from PIL import Image
+
+    boxes, lms, thumbs = [], [], []
+    scale = min(1.0, cfg.detect_size / max(info.width, info.height))
+    it = frames_25fps(info)
+    while True:
+        with timer("decode", 1):
+            item = next(it, None)
+        if item is None:
+            break
+        _, img = item
+        with timer("detect", 1):
+            small = img
+            if scale < 1.0:
+                small = np.asarray(Image.fromarray(img).resize(
+                    (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale))), Image.BILINEAR))
+            box = faces.detect(small)
+            box = None if box is None else tuple(v / scale for v in box)
+            thumbs.append(thumbnail(small))
+        boxes.append(box)
+        with timer("landmarks", 1):
+            lms.append(None if box is None else faces.landmarks(img, box))
+    return boxes, lms, np.asarray(thumbs, np.float32).reshape(-1, 32, 32)
+
+
+def _crop_of(clip: Clip, info) -> tuple[int, int, int, int]:
+    """The clip's fixed crop: GoHD's official crop of the median detector box."""
+    return official_crop_box(np.median(clip.detections, axis=0), info.height, info.width)
+
+
+def _gaze_box(lm: np.ndarray) -> np.ndarray:
+    """The face box L2CS sees: the landmarks' bounding box made square, 10% margin (the release
+    uses RetinaFace's box, which frames about the same region)."""
+    (l, t), (r, b) = lm.min(0), lm.max(0)
+    cx, cy, half = (l + r) / 2, (t + b) / 2, 0.55 * max(r - l, b - t)
+    return np.array([cx - half, cy - half, cx + half, cy + half])
+
+
+def _to_crop(points: np.ndarray, crop) -> np.ndarray:
+    """Points [...,2] in frame pixels -> the same points in the 256x256 crop's pixels."""
+    l, t, r, b = crop
+    return (points - np.array([l, t])) * np.array([CROP_SIZE / max(r - l, 1), CROP_SIZE / max(b - t, 1)])
+
+
+class _ClipBuilder:
+    """Accumulates one clip's frames; flushes the estimators every ``batch`` frames."""
+
+    def __init__(self, clip: Clip, crop, estimators, quality: int, timer: StageTimer):
+        self.clip, self.crop, self.est, self.quality, self.timer = clip, crop, estimators, quality, timer
+        self.jpegs, self.controls, self.landmarks, self.exp, self.pose, self.gaze = [], [], [], [], [], []
+        self._d224, self._d448 = [], []
+
+    def add(self, img: np.ndarray, i: int) -> None:
+        with self.timer("crop", 1):
+            face = crop_and_resize(img, self.crop)
+            self.jpegs.append(schema.encode_jpeg(face, self.quality))
+        lm = _to_crop(self.clip.landmarks[i].astype(np.float64), self.crop)
+        box = _gaze_box(lm)
+        self.landmarks.append(lm.astype(np.float32))
+        self.controls.append(controls_from_landmarks(lm))
+        with self.timer("estimators", 0):
+            self._d224.append(align.deep3d_input(face, lm, self.est.lm3d))
+            self._d448.append(align.l2cs_input(face, box))
+        if len(self._d224) >= self.est.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._d224:
+            return
+        with self.timer("estimators", len(self._d224)):
+            exp, pose, gaze = self.est(np.stack(self._d224), np.stack(self._d448))
+        self.exp.append(exp), self.pose.append(pose), self.gaze.append(gaze)
+        self._d224, self._d448 = [], []
+
+    def truncate(self, t: int) -> None:
+        """Keeps the first ``t`` frames (the audio ended before the clip did)."""
+        desc = self.descriptors()[:t]
+        self.jpegs, self.controls, self.landmarks = self.jpegs[:t], self.controls[:t], self.landmarks[:t]
+        self.exp, self.pose, self.gaze = [desc[:, :64]], [desc[:, 64:70]], [desc[:, 70:]]
+
+    def descriptors(self) -> np.ndarray:
+        self.flush()
+        return np.concatenate([np.concatenate(self.exp), np.concatenate(self.pose),
+                               np.concatenate(self.gaze)], axis=1).astype(np.float32)
+
+
+def _clip_record(builder: _ClipBuilder, wav: np.ndarray, clip_id: str, identity: str, source: str,
+                 timer: StageTimer) -> tuple[bytes, dict]:
+    from data_pipelines import audio
+
+    t = len(builder.jpegs)
+    desc = builder.descriptors()
+    with timer("mel", t):
+        mel80, mel100 = audio.wav2lip_mel(wav), audio.mel_100hz(wav)
+    with timer("write", t):
+        clip = {"clip_id": clip_id, "identity_id": identity, "source_id": source, "frames": builder.jpegs,
+                "audio": wav, "descriptors": desc, "controls": np.stack(builder.controls),
+                "mel_80hz": mel80, "mel_100hz": mel100,
+                "aux": {"crop_box": np.tile(np.asarray(builder.crop, np.int32), (t, 1)),
+                        "landmarks": np.stack(builder.landmarks),
+                        "source_frame": np.arange(builder.clip.start, builder.clip.start + t, dtype=np.int32)}}
+        data, digest = schema.encode_record(clip)
+    return data, {"clip_id": clip_id, "identity_id": identity, "num_frames": t, "hash": digest}
+
+
+def process_video(path: str, root: Path, faces: FaceModels, estimators, cfg: PreprocessConfig) -> dict:
+    """Writes one video's clips to ``root/videos/<key>.array_record`` and its marker; returns the
+    marker. SkipVideo reasons land in the marker (``skipped``), never as exceptions."""
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    key = video_key(path)
+    name = f"{VIDEOS}/{key}.array_record"
+    (root / VIDEOS).mkdir(parents=True, exist_ok=True)
+    timer = StageTimer()
+    marker = {"file": name, "video": Path(path).name, "num_records": 0, "records": [], "skipped": [],
+              "drops": {}, "num_video_frames": 0}
+    t0 = time.perf_counter()
+    tmp = root / (name + ".tmp")
+    try:
+        info = open_video(path)
+        if info.variable_frame_rate:
+            log.info("%s: variable frame rate (average %.2f fps): resampled to 25 fps by timestamp",
+                     path, info.fps)
+        if info.rotation:
+            log.info("%s: display rotation %d degrees applied", path, info.rotation)
+        boxes, lms, thumbs = _detect_all(info, faces, cfg, timer)
+        marker["num_video_frames"] = len(boxes)
+        if not boxes:
+            raise SkipVideo("corrupt", "no decodable frames")
+        if all(b is None for b in boxes):
+            raise SkipVideo("no_face", f"no face found in {len(boxes)} frames")
+        clips, drops = segment(boxes, lms, thumbs, cfg.segment)
+        marker["drops"] = drops
+        if not clips:
+            raise SkipVideo("no_usable_clip", f"no clip of >= {cfg.segment.min_seconds} s "
+                            f"(boundaries: {drops})")
+        identity = identity_of(path, cfg.identity_regex)
+        writer = ArrayRecordWriter(str(tmp), f"group_size:1,{cfg.compression}")
+        try:
+            with AudioStream(info) as audio_stream:
+                frames = frames_25fps(info)
+                k, img = -1, None
+                for n, clip in enumerate(clips):
+                    crop = _crop_of(clip, info)
+                    builder = _ClipBuilder(clip, crop, estimators, cfg.jpeg_quality, timer)
+                    for i in range(clip.num_frames):
+                        while k < clip.start + i:
+                            with timer("decode", 1):
+                                item = next(frames, None)
+                            if item is None:
+                                break
+                            k, img = item
+                        if k < clip.start + i:
+                            break  # the second decode ended early (a truncated file)
+                        builder.add(img, i)
+                    t = len(builder.jpegs)
+                    with timer("mel", 0):
+                        wav = audio_stream.read(clip.start * schema.SAMPLES_PER_FRAME, t * schema.SAMPLES_PER_FRAME)
+                        end = audio_stream.exhausted_at
+                    if end is not None and end < (clip.start + t) * schema.SAMPLES_PER_FRAME:
+                        t = max(0, end // schema.SAMPLES_PER_FRAME - clip.start)
+                        marker["drops"]["audio_ended"] = marker["drops"].get("audio_ended", 0) + 1
+                        builder.truncate(t)
+                        wav = wav[:t * schema.SAMPLES_PER_FRAME]
+                    if t < cfg.segment.min_seconds * schema.FPS:
+                        marker["drops"]["too_short"] = marker["drops"].get("too_short", 0) + 1
+                        continue
+                    data, entry = _clip_record(builder, wav, f"{key}-{n:03d}", identity, Path(path).name, timer)
+                    with timer("write", 0):
+                        writer.write(data)
+                    marker["records"].append(entry)
+        finally:
+            writer.close()
+        if not marker["records"]:
+            raise SkipVideo("no_usable_clip", f"every clip was dropped ({marker['drops']})")
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        marker["sha256"] = records._sha256_file(tmp)
+        os.replace(tmp, root / name)
+        marker["bytes"] = (root / name).stat().st_size
+        marker["num_records"] = len(marker["records"])
+    except SkipVideo as e:
+        log.warning("skipping %s: %s", path, e)
+        marker["skipped"] = [{"video": Path(path).name, "reason": e.reason, "detail": e.detail}]
+        marker["file"] = None
+        tmp.unlink(missing_ok=True)
+    marker["timing"] = timer.as_dict()
+    marker["wall_seconds"] = round(time.perf_counter() - t0, 3)
+    records._write_json_atomic(_marker_path(root, key), marker)
+    return marker
+
+
+def _marker_path(root: Path, key: str) -> Path:
+    return root / VIDEOS / f"{key}.array_record.done.json"  # the name records._shard_done reads
+
+
+def _done(root: Path, key: str) -> dict | None:
+    p = _marker_path(root, key)
+    if not p.is_file():
+        return None
+    try:
+        m = json.loads(p.read_text())
+    except json.JSONDecodeError:
+        return None
+    if m.get("num_records", 0) and (not (root / m["file"]).is_file()
+                                    or (root / m["file"]).stat().st_size != m.get("bytes")):
+        return None
+    return m
+
+
+def write_manifest(root: Path, plan: dict) -> dict:
+    """Rebuilds ``manifest.json`` from every finished video's marker in ``root``."""
+    markers = []
+    for p in sorted((root / VIDEOS).glob("*.array_record.done.json")):
+        m = _done(root, p.name[:-len(".array_record.done.json")])
+        if m is not None:
+            markers.append(m)
+    names = [m["file"] for m in markers if m["num_records"]]
+    skipped = [s for m in markers for s in m["skipped"]]
+    return records._finish_manifest(root, names, plan, extra_skipped=skipped)
+
+
+def preprocess(videos: list[str], out: str | Path, *, faces: FaceModels, estimators,
+               cfg: PreprocessConfig = PreprocessConfig(), shard_index: int = 0, num_shards: int = 1,
+               progress: bool = True) -> dict:
+    """Processes this process's share of ``videos`` (every ``num_shards``-th, from ``shard_index``)
+    into ``out``; returns the report (also written to ``out/report-<i>-of-<n>.json``)."""
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(f"--shard-index {shard_index} must be in [0, --num-shards {num_shards})")
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    plan = {"format": records.FORMAT, "schema_version": schema.SCHEMA_VERSION, "num_items": None,
+            "clips_per_shard": None, "jpeg_quality": cfg.jpeg_quality, "compression": cfg.compression,
+            "dataset": cfg.plan()}
+    plan = json.loads(json.dumps(plan, sort_keys=True))
+    if (root / records.PLAN).is_file():
+        old = json.loads((root / records.PLAN).read_text())
+        if old != plan:
+            raise records.DatasetError(f"{root} holds clips preprocessed with other settings; choose "
+                                       f"another --out or delete it")
+    else:
+        records._write_json_atomic(root / records.PLAN, plan)
+    mine = videos[shard_index::num_shards]
+    todo = [v for v in mine if _done(root, video_key(v)) is None]
+    log.info("%d videos in the list, %d for shard %d of %d, %d already done", len(videos), len(mine),
+             shard_index, num_shards, len(mine) - len(todo))
+    timer, frames, clips, skips, drops = StageTimer(), 0, 0, Counter(), Counter()
+    t0 = time.perf_counter()
+    bar = None
+    if progress and todo:
+        from tqdm import tqdm
+        bar = tqdm(total=len(todo), unit="video", desc="preprocessing", dynamic_ncols=True)
+    try:
+        for path in todo:
+            m = process_video(path, root, faces, estimators, cfg)
+            timer.merge(m["timing"])
+            frames += m["num_video_frames"]
+            clips += m["num_records"]
+            skips.update(s["reason"] for s in m["skipped"])
+            drops.update(m["drops"])
+            if bar is not None:
+                dt = time.perf_counter() - t0
+                bar.set_postfix(clips=clips, skipped=sum(skips.values()), fps=f"{frames / max(dt, 1e-9):.1f}")
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    wall = time.perf_counter() - t0
+    manifest = write_manifest(root, plan)
+    report = {"shard_index": shard_index, "num_shards": num_shards, "videos_in_list": len(videos),
+              "videos_this_shard": len(mine), "videos_already_done": len(mine) - len(todo),
+              "videos_processed": len(todo), "videos_with_clips": len(todo) - sum(skips.values()),
+              "videos_skipped": dict(skips), "clips_written": clips, "clip_drops": dict(drops),
+              "video_frames_decoded": frames, "wall_seconds": round(wall, 2),
+              "videos_per_second": round(len(todo) / max(wall, 1e-9), 4),
+              "frames_per_second": round(frames / max(wall, 1e-9), 2), "stages": timer.as_dict(),
+              "dataset_clips": manifest["num_clips"], "dataset_frames": manifest["num_frames"]}
+    records._write_json_atomic(root / f"report-{shard_index}-of-{num_shards}.json", report)
+    return report
