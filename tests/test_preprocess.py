@@ -23,7 +23,7 @@ from data_pipelines.records import ClipDataset, load_manifest
 from data_pipelines.video import align, preprocess as pp
 from data_pipelines.video.decode import AudioStream, SkipVideo, frames_25fps, open_video
 from data_pipelines.video.faces import FaceModels, crop_and_resize, official_crop_box
-from data_pipelines.video.segment import SegmentConfig, segment
+from data_pipelines.video.segment import SegmentConfig, cut_score, segment
 from tests.conftest import require_shared
 
 # A plausible 5-point 3D template (eyes, nose tip, mouth corners; x right, y up): the real one is
@@ -295,11 +295,12 @@ def test_segment_boundaries():
     dets = [(50, 50, 150, 150)] * n
     thumbs = np.zeros((n, 32, 32), np.float32)
     thumbs[120:] = 0.5  # a shot cut at frame 120
+    scores = [cut_score(a, b) for a, b in zip([None] + list(thumbs[:-1]), thumbs)]
     lms[60] = lm + 80   # a jump at 60 (and back at 61)
     dets[90] = lms[90] = None  # a one-frame face loss: bridged
     for k in range(150, 160):  # a ten-frame loss: a boundary
         dets[k] = lms[k] = None
-    clips, counts = segment(dets, lms, thumbs, SegmentConfig(min_seconds=1.0, smooth=1))
+    clips, counts = segment(dets, lms, scores, SegmentConfig(min_seconds=1.0, smooth=1))
     spans = [(c.start, c.stop) for c in clips]
     # frame 60 alone is a one-frame run (too short); 120-150 is 1.2 s
     assert spans == [(0, 60), (61, 120), (120, 150), (160, 200)], spans

@@ -26,7 +26,7 @@ import numpy as np
 
 from data_pipelines.schema import FPS
 
-__all__ = ["SegmentConfig", "Clip", "segment", "thumbnail", "landmark_box"]
+__all__ = ["SegmentConfig", "Clip", "segment", "thumbnail", "cut_score", "landmark_box"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,10 +96,16 @@ def landmark_box(lm: np.ndarray) -> np.ndarray:
     return np.concatenate([lm.min(-2), lm.max(-2)], -1)
 
 
-def segment(detections: list, landmarks: list, thumbs: np.ndarray, cfg: SegmentConfig = SegmentConfig()
+def cut_score(prev: np.ndarray | None, thumb: np.ndarray) -> float:
+    """The shot-cut score between consecutive thumbnails (0 for the first frame)."""
+    return 0.0 if prev is None else float(np.abs(thumb - prev).mean())
+
+
+def segment(detections: list, landmarks: list, cut_scores, cfg: SegmentConfig = SegmentConfig()
             ) -> tuple[list[Clip], dict[str, int]]:
     """Per-frame detector boxes and landmarks [68,2] (both None where no face was found), and
-    thumbnails [T,32,32] -> (clips, counts of boundaries and drops by reason)."""
+    ``cut_score`` [T] of each frame against the one before -> (clips, counts of boundaries and
+    drops by reason)."""
     t = len(detections)
     counts: dict[str, int] = {}
 
@@ -116,11 +122,12 @@ def segment(detections: list, landmarks: list, thumbs: np.ndarray, cfg: SegmentC
         valid = _fill_gaps(a, found, cfg.max_gap)
     arr = landmark_box(lms)
     hard = np.zeros(t, bool)  # hard[i]: a boundary between frame i-1 and i
-    if len(thumbs) == t and t > 1:
-        diff = np.abs(np.diff(np.asarray(thumbs, np.float32), axis=0)).mean(axis=(1, 2))
-        cuts = diff > cfg.cut_threshold
-        hard[1:] |= cuts
-        count("shot_cut", int(cuts.sum()))
+    scores = np.asarray(cut_scores, np.float32)
+    if len(scores) != t:
+        raise ValueError(f"{len(scores)} cut scores for {t} frames")
+    cuts = scores[1:] > cfg.cut_threshold
+    hard[1:] |= cuts
+    count("shot_cut", int(cuts.sum()))
     both = valid[1:] & valid[:-1]
     move = np.linalg.norm(np.diff(_centre(arr), axis=0), axis=-1) / _size(arr[:-1])
     scale = _size(arr[1:]) / _size(arr[:-1])
