@@ -78,7 +78,12 @@ class WindowSampler:
     def _window(self, state, cond, prev, key):
         model = nnx.merge(self.graphdef, state)
         b, t = cond.shape[:2]
-        x0, z = samplers.draw_noise(key, len(self.chain["n"]), (b, t, self.channels))
+        n = len(self.chain["n"])
+        if key.ndim == 1:  # one key per row: each row's noise is independent of the batch
+            x0, z = jax.vmap(lambda k: samplers.draw_noise(k, n, (t, self.channels)))(key)
+            z = jnp.swapaxes(z, 0, 1)
+        else:
+            x0, z = samplers.draw_noise(key, n, (b, t, self.channels))
         x, _ = samplers.run_chain(model, x0, self.chain, z, cond, prev * self.data_scale)
         x = jnp.clip(x, -1.0, 1.0) / self.data_scale
         if self.alignment == "training":  # index 0 is the shared frame: put it exactly on prev
@@ -102,6 +107,8 @@ def iter_windows(sampler: WindowSampler, local_cond, first, *, window: int, key:
     ``local_cond`` [B,T,Dl] (host numpy or any array; read one window at a time), ``first`` [B,C].
     ``put`` places a host array on the devices (default ``jnp.asarray``; pass e.g.
     ``lambda a: jax.device_put(a, batch_sharding(mesh, a.ndim))`` to shard the batch).
+    ``key``: one key, or one per row ([B] key array: each row's motion then depends only on its
+    own key and inputs, not on the rest of the batch).
     """
     put = put or jnp.asarray
     b, t = local_cond.shape[:2]
@@ -119,7 +126,9 @@ def iter_windows(sampler: WindowSampler, local_cond, first, *, window: int, key:
         cond = np.asarray(local_cond[:, lo - skip:hi], np.float32)
         if cond.shape[1] < width:  # the last window: repeat its final frame to the common shape
             cond = np.concatenate([cond, np.repeat(cond[:, -1:], width - cond.shape[1], axis=1)], axis=1)
-        out = sampler(put(cond), prev, jax.random.fold_in(key, w))[:, skip:skip + hi - lo]
+        wkey = (jax.vmap(lambda k: jax.random.fold_in(k, w))(key) if key.ndim == 1
+                else jax.random.fold_in(key, w))
+        out = sampler(put(cond), prev, wkey)[:, skip:skip + hi - lo]
         prev = out[:, -1]
         yield lo, np.asarray(out)
 

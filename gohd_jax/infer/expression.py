@@ -44,11 +44,19 @@ class ExpressionWindows:
         self.graphdef, self.state = nnx.split(model)
         self._fn = jax.jit(self._window)
 
-    def _window(self, state, audio, exp0, controls, key):
+    def _window(self, state, audio, exp0, controls, key, hold_blink):
         model = nnx.merge(self.graphdef, state)
         if self.two_stage:
             em = model.stage1.embed_audio(audio)
-            controls = model.stage2.sample(em, exp0, controls, key)  # controls = control0 here
+            control0 = controls
+            if key.ndim == 1:  # one key per row: rows independent of the batch
+                controls = jax.vmap(lambda e, x, c, k: model.stage2.sample(e[None], x[None], c[None], k)[0])(
+                    em, exp0, control0, key)
+            else:
+                controls = model.stage2.sample(em, exp0, control0, key)
+            # blink off: hold the eye channel at the source's value (the brows still move)
+            held = controls.at[..., 0].set(jnp.broadcast_to(control0[:, None, 0], controls.shape[:2]))
+            controls = jnp.where(hold_blink[:, None, None], held, controls)
             exp = model.stage1.head(em, exp0, controls)
         else:
             exp = model(audio, exp0, controls)
@@ -58,12 +66,14 @@ class ExpressionWindows:
     def cache_size(self) -> int:
         return self._fn._cache_size()
 
-    def iter_windows(self, mel_windows, exp0, *, controls=None, key=None
+    def iter_windows(self, mel_windows, exp0, *, controls=None, key=None, hold_blink=None
                      ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
         """Yields ``(start, exp [B,n,64], controls [B,n,21] | None)`` for frames start .. start+n-1,
         host numpy. ``mel_windows`` [B,T,80,16]; ``exp0`` [B,64]; ``controls``: per-frame
         controls [B,T,K] for a stage-1 model that reads them, or control0 [B,21] for the two-stage
-        model (its generated controls are yielded). ``key`` seeds the two-stage noise."""
+        model (its generated controls are yielded). ``key`` seeds the two-stage noise: one key, or
+        one per row ([B]; rows then do not depend on the batch). ``hold_blink`` [B] bool: for the
+        two-stage model, hold those rows' blink channel at control0's (no blinks)."""
         b, t = mel_windows.shape[:2]
         if t < 1:
             raise ValueError("no frames: the audio is empty")
@@ -78,6 +88,7 @@ class ExpressionWindows:
         elif self.cfg.controls and (controls is None or np.shape(controls)[:2] != (b, t)):
             raise ValueError(f"this stage-1 model reads {self.cfg.controls} controls per frame: "
                              f"give controls [B={b}, T={t}, {self.cfg.controls}]")
+        hold = jnp.zeros((b,), bool) if hold_blink is None else jnp.asarray(hold_blink, bool).reshape(b)
         L = self.window
         for w, start in enumerate(range(0, max(t - 1, 1), L - 1)):
             hi = min(start + L, t)
@@ -86,13 +97,15 @@ class ExpressionWindows:
             if pad:
                 audio = np.concatenate([audio, np.repeat(audio[:, -1:], pad, axis=1)], axis=1)
             if self.two_stage:
-                ctrl_in, k = carry, jax.random.fold_in(key, w)
+                ctrl_in = carry
+                k = (jax.vmap(lambda kk: jax.random.fold_in(kk, w))(key) if key.ndim == 1
+                     else jax.random.fold_in(key, w))
             else:
                 ctrl_in, k = None, None
                 if self.cfg.controls:
                     c = np.asarray(controls[:, start:hi], np.float32)
                     ctrl_in = np.concatenate([c, np.repeat(c[:, -1:], pad, axis=1)], axis=1) if pad else c
-            exp, ctrl = self._fn(self.state, jnp.asarray(audio), exp0, ctrl_in, k)
+            exp, ctrl = self._fn(self.state, jnp.asarray(audio), exp0, ctrl_in, k, hold)
             n = hi - start
             exp0 = exp[:, n - 1]
             if self.two_stage:
@@ -100,14 +113,14 @@ class ExpressionWindows:
             yield start, np.asarray(exp[:, :n]), (np.asarray(ctrl[:, :n]) if self.two_stage else None)
 
 
-def generate_expression(model, mel_windows, exp0, *, controls=None, key=None, window: int = 30
-                        ) -> tuple[np.ndarray, np.ndarray | None]:
+def generate_expression(model, mel_windows, exp0, *, controls=None, key=None, window: int = 30,
+                        hold_blink=None) -> tuple[np.ndarray, np.ndarray | None]:
     """The whole (exp [B,T,64], generated controls [B,T,21] or None) of a clip batch."""
     gen = ExpressionWindows(model, window=window)
     b, t = mel_windows.shape[:2]
     exp = np.empty((b, t, gen.cfg.exp_dim), np.float32)
     ctrl = np.empty((b, t, gen.cfg.control_dim), np.float32) if gen.two_stage else None
-    for start, e, c in gen.iter_windows(mel_windows, exp0, controls=controls, key=key):
+    for start, e, c in gen.iter_windows(mel_windows, exp0, controls=controls, key=key, hold_blink=hold_blink):
         exp[:, start:start + e.shape[1]] = e
         if c is not None:
             ctrl[:, start:start + c.shape[1]] = c

@@ -1,0 +1,294 @@
+"""End-to-end inference: source image + speech -> 25 fps frames, batched across clips.
+
+``Animate(bundle)`` holds the jitted pieces: the source encoder (run once per clip), the
+renderer (a fixed batch of frames, each with its own clip's encoding and 27-frame descriptor
+window), the pose and gaze window samplers and the windowed expression model (both at constant
+device memory for any audio length). ``Animate.run(jobs, writers)`` renders a batch of clips:
+
+1. features: per clip T = ceil(25 x audio seconds) frames (the audio zero-padded to T x 640
+   samples), the Wav2Lip mel windows [T,80,16] and the motion condition [T,320];
+2. motion: expression (stage 1, or stages 1+2 with generated blinks/brows), pose (residual to
+   pose0) and gaze (absolute), every clip of the batch in the same windows (shorter clips padded);
+3. rendering: frames of all clips, ``render_batch`` at a time, sent to each clip's writer as they
+   come, in order.
+
+Controls (``Controls``) act on one thing each. Randomness: clip i's pose, gaze and expression
+noise come from ``fold_in(key(seed_i), 0 / 1 / 2)``, one key per clip and per part, so changing
+one part (gaze, say) leaves the others bit for bit, and a clip's frames do not depend on what
+else is in its batch. Same seed, same machine -> the same frames.
+
+Post-processing as the release's ``get_target_seqs``: a 5-frame moving average on the generated
+pose (centred, not in place), then ``pose x pose_scale`` and ``exp x exp_scale`` on the absolute
+values (the release's defaults are 1.2 and 1.5; ours are 1.0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from gohd_jax.infer.bundle import Bundle
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Controls", "Sampling", "ClipJob", "Animate", "GAZE_PRESETS", "semantic_windows", "num_frames",
+           "StageTimes"]
+
+# The release's freeze_gaze values [first, second] in radians.
+GAZE_PRESETS = {"forward": (0.0, 0.0), "left": (0.2, 0.0), "right": (-0.7, 0.0)}
+RADIUS = 13  # the animator reads a 27-frame window centred on the frame
+
+
+@dataclasses.dataclass(frozen=True)
+class Controls:
+    """``pose``: "generated" | "still" | array [T,6] (absolute pose per frame);
+    ``gaze``: "generated" | array [2] (fixed) or [T,2]; ``blink``: generated blinks (two-stage
+    models) or eyes held at the source's; scales act on the absolute pose / expression."""
+    pose: object = "generated"
+    gaze: object = "generated"
+    blink: bool = True
+    pose_scale: float = 1.0
+    exp_scale: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    method: str = "ddpm"
+    steps: int = 150
+
+
+@dataclasses.dataclass
+class ClipJob:
+    """One clip: ``source`` RGB uint8 [S,S,3] at the bundle's size, ``descriptor0`` [72],
+    ``control0`` [21], ``wav`` 16 kHz float32, ``controls``, ``seed``."""
+    name: str
+    source: np.ndarray
+    descriptor0: np.ndarray
+    control0: np.ndarray
+    wav: np.ndarray
+    controls: Controls = Controls()
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class StageTimes:
+    seconds: dict = dataclasses.field(default_factory=dict)
+    first_frame_s: float | None = None
+
+    def add(self, stage: str, dt: float) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + dt
+
+
+def num_frames(num_samples: int) -> int:
+    """ceil(25 x seconds): every started 40 ms of audio gets a frame."""
+    return max(1, math.ceil(num_samples / 640))
+
+
+def semantic_windows(desc: np.ndarray, frames: Sequence[int]) -> np.ndarray:
+    """desc [T,72] -> [len(frames),27,72], the window around each frame, indices clamped."""
+    t = len(desc)
+    idx = np.clip(np.asarray(frames)[:, None] + np.arange(-RADIUS, RADIUS + 1)[None], 0, t - 1)
+    return desc[idx]
+
+
+def _moving_average(x: np.ndarray, k: int = 5) -> np.ndarray:
+    """Centred k-frame moving average along axis 0 (edges: the mean over the frames there are)."""
+    if len(x) < 2:
+        return x
+    r = k // 2
+    c = np.cumsum(np.concatenate([np.zeros((1,) + x.shape[1:]), x]), 0)
+    lo = np.clip(np.arange(len(x)) - r, 0, len(x))
+    hi = np.clip(np.arange(len(x)) + r + 1, 0, len(x))
+    return ((c[hi] - c[lo]) / (hi - lo)[:, None]).astype(np.float32)
+
+
+def _fit(arr: np.ndarray, t: int, what: str) -> np.ndarray:
+    arr = np.asarray(arr, np.float32)
+    if arr.ndim == 1:
+        return np.tile(arr[None], (t, 1))
+    if len(arr) >= t:
+        return arr[:t]
+    log.warning("%s has %d frames for %d: holding its last frame", what, len(arr), t)
+    return np.concatenate([arr, np.repeat(arr[-1:], t - len(arr), 0)])
+
+
+class Animate:
+    """The jitted end-to-end pipeline for one bundle (see the module docstring)."""
+
+    def __init__(self, bundle: Bundle, *, sampling: Sampling = Sampling(), render_batch: int = 16,
+                 devices=None):
+        from gohd_jax.diffusion import samplers, windowing
+        from gohd_jax.infer.expression import ExpressionWindows
+
+        self.bundle = bundle
+        self.size = bundle.image_size
+        devices = list(devices or jax.local_devices())
+        self.render_batch = int(math.ceil(render_batch / len(devices)) * len(devices))
+        self.mesh = jax.sharding.Mesh(np.array(devices), ("data",))
+        self._rows = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("data"))
+        self._rep = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        spec = samplers.SamplerSpec(method=sampling.method, steps=int(sampling.steps))
+        self.pose_sampler = windowing.WindowSampler(bundle.pose, spec=spec, residual=True,
+                                                    alignment=bundle.pose_spec.alignment,
+                                                    data_scale=bundle.pose_spec.data_scale)
+        self.gaze_sampler = windowing.WindowSampler(bundle.gaze, spec=spec, residual=False,
+                                                    alignment=bundle.gaze_spec.alignment,
+                                                    data_scale=bundle.gaze_spec.data_scale)
+        self.expression = ExpressionWindows(bundle.expression, window=bundle.expression_window)
+        graph, state = nnx.split(bundle.animator)
+        self._anim_state = jax.device_put(state, self._rep)
+
+        @jax.jit
+        def encode(state, src):
+            return nnx.merge(graph, state).encode_source(src.astype(jnp.float32) / 127.5 - 1.0)
+
+        @jax.jit
+        def render(state, w_s, feats, semantics):
+            out = nnx.merge(graph, state).render(w_s, feats, semantics)["rgb"][0]
+            return jnp.round((jnp.clip(out, -1.0, 1.0) + 1.0) * 127.5).astype(jnp.uint8)
+
+        self._encode, self._render = encode, render
+
+    # ----------------------------------------------------------------------------- features
+
+    def features(self, job: ClipJob) -> dict:
+        from data_pipelines import audio
+
+        t = num_frames(len(job.wav))
+        wav = np.zeros(t * 640, np.float32)
+        wav[:min(len(job.wav), t * 640)] = job.wav[:t * 640]
+        mel80 = audio.wav2lip_mel(wav)
+        windows = audio.frame_mel_windows(mel80, t)
+        cond_kind = self.bundle.pose_spec.condition
+        cond = (audio.frame_cond_100hz(audio.mel_100hz(wav), t) if cond_kind == "mel100"
+                else audio.frame_cond_release(mel80, t))
+        return {"frames": t, "mel_windows": np.asarray(windows, np.float32), "cond": np.asarray(cond, np.float32)}
+
+    # ----------------------------------------------------------------------------- motion
+
+    @staticmethod
+    def _stack(rows: list[np.ndarray], t: int) -> np.ndarray:
+        return np.stack([np.concatenate([r, np.repeat(r[-1:], t - len(r), 0)]) if len(r) < t else r[:t]
+                         for r in rows])
+
+    def drive(self, jobs: Sequence[ClipJob], feats: Sequence[dict], times: StageTimes | None = None
+              ) -> list[dict]:
+        """Per clip {"exp" [T,64], "pose" [T,6], "gaze" [T,2], "controls" [T,21] | None,
+        "descriptors" [T,72]} (what the renderer reads)."""
+        times = times or StageTimes()
+        lengths = [f["frames"] for f in feats]
+        t = max(lengths)
+        d0 = np.stack([j.descriptor0 for j in jobs]).astype(np.float32)
+        exp0, pose0, gaze0 = d0[:, :64], d0[:, 64:70], d0[:, 70:72]
+        keys = [jax.random.key(int(j.seed)) for j in jobs]
+        part = lambda i: jnp.stack([jax.random.fold_in(k, i) for k in keys])  # noqa: E731
+
+        t0 = time.perf_counter()
+        mel = self._stack([f["mel_windows"] for f in feats], t)
+        exp_model = self.expression
+        if exp_model.two_stage:
+            ctrl_in = np.stack([j.control0 for j in jobs]).astype(np.float32)
+        elif exp_model.cfg.controls:
+            ctrl_in = np.stack([np.tile(j.control0[None, :exp_model.cfg.controls], (t, 1)) for j in jobs])
+        else:
+            ctrl_in = None
+        if not exp_model.two_stage and any(j.controls.blink for j in jobs) and exp_model.cfg.controls:
+            log.warning("the expression model is stage 1 only: blinks and brows are held at the source's")
+        exp = np.empty((len(jobs), t, 64), np.float32)
+        ctrl = np.empty((len(jobs), t, exp_model.cfg.control_dim), np.float32) if exp_model.two_stage else None
+        hold = np.array([not j.controls.blink for j in jobs])
+        for start, e, c in exp_model.iter_windows(mel, exp0, controls=ctrl_in, key=part(2), hold_blink=hold):
+            exp[:, start:start + e.shape[1]] = e
+            if c is not None:
+                ctrl[:, start:start + c.shape[1]] = c
+        times.add("expression", time.perf_counter() - t0)
+
+        t0 = time.perf_counter()
+        from gohd_jax.diffusion import windowing
+        cond = self._stack([f["cond"] for f in feats], t)
+        need_pose = any(isinstance(j.controls.pose, str) and j.controls.pose == "generated" for j in jobs)
+        need_gaze = any(isinstance(j.controls.gaze, str) and j.controls.gaze == "generated" for j in jobs)
+        pose_gen = (windowing.generate_long(self.pose_sampler, cond, pose0, key=part(0),
+                                            window=self.bundle.pose_spec.window) if need_pose else None)
+        gaze_gen = (windowing.generate_long(self.gaze_sampler, cond, gaze0, key=part(1),
+                                            window=self.bundle.gaze_spec.window) if need_gaze else None)
+        times.add("motion", time.perf_counter() - t0)
+
+        out = []
+        for i, (job, n) in enumerate(zip(jobs, lengths)):
+            c = job.controls
+            if isinstance(c.pose, str):
+                if c.pose == "generated":
+                    pose = _moving_average(pose_gen[i, :n])
+                elif c.pose == "still":
+                    pose = np.tile(pose0[i][None], (n, 1))
+                else:
+                    raise ValueError(f"pose must be 'generated', 'still' or an array, got {c.pose!r}")
+            else:
+                pose = _fit(c.pose, n, "the pose file")
+            if isinstance(c.gaze, str):
+                if c.gaze != "generated":
+                    raise ValueError(f"gaze must be 'generated' or an array, got {c.gaze!r}")
+                gaze = gaze_gen[i, :n]
+            else:
+                gaze = _fit(c.gaze, n, "the gaze file")
+            e = exp[i, :n] * np.float32(c.exp_scale)
+            pose = pose * np.float32(c.pose_scale)
+            desc = np.concatenate([e, pose, gaze], 1).astype(np.float32)
+            out.append({"exp": e, "pose": pose.astype(np.float32), "gaze": gaze.astype(np.float32),
+                        "controls": None if ctrl is None else ctrl[i, :n], "descriptors": desc})
+        return out
+
+    # ----------------------------------------------------------------------------- rendering
+
+    def encode(self, sources: np.ndarray):
+        src = jax.device_put(np.asarray(sources, np.uint8), self._rep)
+        return self._encode(self._anim_state, src)
+
+    def render_frames(self, jobs: Sequence[ClipJob], drives: Sequence[dict], writers, times: StageTimes,
+                      t_start: float) -> None:
+        """Renders every frame of every clip, ``render_batch`` at a time, and hands each clip's
+        frames to ``writers[i].write`` in order."""
+        t0 = time.perf_counter()
+        w_s, feats = self.encode(np.stack([j.source for j in jobs]))
+        jax.block_until_ready(w_s)
+        times.add("rendering", time.perf_counter() - t0)
+        lengths = [len(d["descriptors"]) for d in drives]
+        order = [(i, f) for f in range(max(lengths)) for i in range(len(jobs)) if f < lengths[i]]
+        r = self.render_batch
+        for b0 in range(0, len(order), r):
+            chunk = order[b0:b0 + r]
+            pad = r - len(chunk)
+            rows = chunk + [chunk[-1]] * pad
+            clip_idx = np.array([i for i, _ in rows])
+            sem = np.stack([semantic_windows(drives[i]["descriptors"], [f])[0] for i, f in rows])
+            t0 = time.perf_counter()
+            frames = self._render(self._anim_state, w_s[clip_idx], tuple(x[clip_idx] for x in feats),
+                                  jax.device_put(sem, self._rows))
+            frames = np.asarray(frames)[:len(chunk)]
+            times.add("rendering", time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            for (i, _), frame in zip(chunk, frames):
+                writers[i].write(frame[None])
+            times.add("encoding", time.perf_counter() - t0)
+            if times.first_frame_s is None:
+                times.first_frame_s = time.perf_counter() - t_start
+
+    def run(self, jobs: Sequence[ClipJob], writers) -> tuple[list[dict], StageTimes]:
+        """features -> motion -> rendering for a batch of clips; returns (drives, stage times)."""
+        times = StageTimes()
+        start = time.perf_counter()
+        t0 = time.perf_counter()
+        feats = [self.features(j) for j in jobs]
+        times.add("features", time.perf_counter() - t0)
+        drives = self.drive(jobs, feats, times)
+        self.render_frames(jobs, drives, writers, times, start)
+        return drives, times

@@ -1,0 +1,342 @@
+"""gohd animate / convert-official / export, on tiny random-init models (a saved bundle).
+
+Random weights make meaningless faces; what is tested is the plumbing: frame counts, audio
+muxing, determinism, that every control changes only what it names, batching independence,
+streaming windows, bad inputs (one line, non-zero exit), the manifest mode, the official
+checkpoint conversion (torch-free, payloads refused) and the StableHLO export.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from PIL import Image
+
+from gohd_jax.infer import cli
+from gohd_jax.infer.animate import Animate, ClipJob, Controls, Sampling, num_frames
+from gohd_jax.infer.bundle import Bundle, BundleError, MotionSpec, load_bundle, save_bundle
+from tests.conftest import require_shared
+
+SR = 16000
+
+
+def _tiny_bundle() -> Bundle:
+    from gohd_jax.models.animator import AnimatorConfig, SemanticAnimator
+    from gohd_jax.models.expression import ExpressionConfig, TwoStageExpression
+    from gohd_jax.models.motion_denoiser import MotionDenoiser, MotionDenoiserConfig
+
+    r = nnx.Rngs(0)
+    pose = MotionDenoiser(dataclasses.replace(MotionDenoiserConfig.tiny(6, 6), local_dim=320), rngs=r)
+    gaze = MotionDenoiser(dataclasses.replace(MotionDenoiserConfig.tiny(2, 2), local_dim=320), rngs=r)
+    spec = MotionSpec(window=32, data_scale=1.0, alignment="training", condition="mel100")
+    return Bundle(SemanticAnimator(AnimatorConfig.tiny(identity_init=True), rngs=r), pose, gaze,
+                  TwoStageExpression(ExpressionConfig.tiny(21), rngs=r), pose_spec=spec, gaze_spec=spec,
+                  expression_window=30, origin="test")
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory):
+    return save_bundle(_tiny_bundle(), tmp_path_factory.mktemp("bundle"))
+
+
+@pytest.fixture(scope="module")
+def engine(bundle_dir):
+    return Animate(load_bundle(bundle_dir), sampling=Sampling("ddim", 4), render_batch=8)
+
+
+def _speech(seconds: float, seed: int = 0) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    rng = np.random.default_rng(seed)
+    env = 0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)
+    return (0.3 * env * np.sin(2 * np.pi * 180 * t) + 0.02 * rng.normal(size=t.shape)).astype(np.float32)
+
+
+def _job(seconds=1.3, seed=0, **controls) -> ClipJob:
+    src = np.asarray(Image.new("RGB", (64, 64), (120, 90, 70)))
+    d0 = np.zeros(72, np.float32)
+    d0[64:70] = [0.05, -0.02, 0.01, 0.0, 0.0, 0.0]
+    return ClipJob("clip", src, d0, np.full(21, 0.2, np.float32), _speech(seconds, seed), Controls(**controls),
+                   seed=seed)
+
+
+def _drive(engine, *jobs):
+    return engine.drive(list(jobs), [engine.features(j) for j in jobs])
+
+
+def _write_wav(path, wav):
+    import soundfile as sf
+
+    sf.write(str(path), wav, SR)
+    return path
+
+
+def _decode(path):
+    import av
+
+    with av.open(str(path)) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    with av.open(str(path)) as c:
+        audio = [s for s in c.streams if s.type == "audio"]
+    return np.stack(frames), audio
+
+
+# ------------------------------------------------------------------------------------ controls
+
+
+def test_every_control_changes_only_what_it_names(engine):
+    base = _drive(engine, _job())[0]
+    n = num_frames(len(_job().wav))
+    assert base["descriptors"].shape == (n, 72) and n == math.ceil(1.3 * 25)
+    gaze = _drive(engine, _job(gaze=np.array([0.2, 0.0], np.float32)))[0]
+    np.testing.assert_array_equal(gaze["pose"], base["pose"])
+    np.testing.assert_array_equal(gaze["exp"], base["exp"])
+    assert np.all(gaze["gaze"] == np.array([0.2, 0.0], np.float32)) and not np.array_equal(gaze["gaze"], base["gaze"])
+    still = _drive(engine, _job(pose="still"))[0]
+    np.testing.assert_array_equal(still["exp"], base["exp"])
+    np.testing.assert_array_equal(still["gaze"], base["gaze"])
+    assert np.all(still["pose"] == _job().descriptor0[64:70])
+    noblink = _drive(engine, _job(blink=False))[0]
+    np.testing.assert_array_equal(noblink["pose"], base["pose"])
+    np.testing.assert_array_equal(noblink["gaze"], base["gaze"])
+    assert np.all(noblink["controls"][:, 0] == np.float32(0.2)), "eyes held at the source's blink ratio"
+    assert not np.all(base["controls"][:, 0] == np.float32(0.2))
+    scaled = _drive(engine, _job(pose_scale=1.2, exp_scale=1.5))[0]
+    np.testing.assert_allclose(scaled["pose"], base["pose"] * 1.2, rtol=1e-6)
+    np.testing.assert_allclose(scaled["exp"], base["exp"] * 1.5, rtol=1e-6)
+    np.testing.assert_array_equal(scaled["gaze"], base["gaze"])
+    track = np.tile(np.linspace(-0.1, 0.1, n)[:, None], (1, 6)).astype(np.float32)
+    filed = _drive(engine, _job(pose=track))[0]
+    np.testing.assert_array_equal(filed["pose"], track)
+    np.testing.assert_array_equal(filed["exp"], base["exp"])
+
+
+def test_seed_determinism_and_batch_independence(engine):
+    a = _drive(engine, _job(seed=5))[0]
+    again = _drive(engine, _job(seed=5))[0]
+    np.testing.assert_array_equal(a["descriptors"], again["descriptors"])
+    other = _drive(engine, _job(seed=6))[0]
+    assert not np.array_equal(a["pose"], other["pose"])
+    # the same clip inside a batch, next to a longer one: the same numbers
+    batched = _drive(engine, _job(seed=5), _job(seconds=2.9, seed=7))[0]
+    np.testing.assert_allclose(batched["descriptors"], a["descriptors"], rtol=1e-5, atol=1e-6)
+
+
+def test_long_audio_runs_in_windows_with_one_compile(engine):
+    job = _job(seconds=5.0)  # 125 frames: several 32-frame motion and 30-frame expression windows
+    d = _drive(engine, job)[0]
+    assert d["descriptors"].shape == (125, 72) and np.isfinite(d["descriptors"]).all()
+    before = (engine.pose_sampler.cache_size(), engine.expression.cache_size())
+    _drive(engine, _job(seconds=7.1))
+    assert (engine.pose_sampler.cache_size(), engine.expression.cache_size()) == before
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+
+def _animate(capsys, *argv):
+    code = cli.main(["animate", *map(str, argv)])
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def test_cli_animate_writes_exact_frames_with_audio_and_is_deterministic(tmp_path, bundle_dir, capsys):
+    img = tmp_path / "face.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (96, 80, 3), dtype=np.uint8)).save(img)
+    wav = _write_wav(tmp_path / "speech.wav", _speech(1.01))
+    outs = []
+    for k in range(2):
+        out = tmp_path / f"out{k}.mp4"
+        code, stdout, err = _animate(capsys, "--image", img, "--audio", wav, "--out", out, "--checkpoint",
+                                     bundle_dir, "--sampler", "ddim", "--steps", "3", "--seed", "4",
+                                     "--gaze", "0.1,-0.2")
+        assert code == 0, err
+        assert f"{math.ceil(1.01 * 25)} frames" in stdout
+        frames, audio = _decode(out)
+        assert len(frames) == math.ceil(1.01 * 25) and frames.shape[1:] == (64, 64, 3)
+        assert len(audio) == 1 and audio[0].sample_rate == SR
+        outs.append(frames)
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("case", ["text_image", "empty_image", "tiny_image", "missing_folder", "silent_audio",
+                                  "short_audio", "text_audio", "wrong_checkpoint", "bad_gaze"])
+def test_cli_bad_inputs_give_one_line_and_exit_2(tmp_path, bundle_dir, capsys, case):
+    img = tmp_path / "face.png"
+    Image.fromarray(np.full((80, 80, 3), 128, np.uint8)).save(img)
+    wav = _write_wav(tmp_path / "speech.wav", _speech(0.6))
+    out, ckpt, gaze = tmp_path / "out.mp4", bundle_dir, "generated"
+    if case == "text_image":
+        img = tmp_path / "notes.jpg"
+        img.write_text("hello")
+    elif case == "empty_image":
+        img = tmp_path / "empty.png"
+        img.write_bytes(b"")
+    elif case == "tiny_image":
+        img = tmp_path / "tiny.png"
+        Image.new("RGB", (32, 32)).save(img)
+    elif case == "missing_folder":
+        out = tmp_path / "nope" / "out.mp4"
+    elif case == "silent_audio":
+        wav = _write_wav(tmp_path / "silent.wav", np.zeros(SR, np.float32))
+    elif case == "short_audio":
+        wav = _write_wav(tmp_path / "short.wav", _speech(0.05))
+    elif case == "text_audio":
+        wav = tmp_path / "speech.mp3"
+        wav.write_text("not audio")
+    elif case == "wrong_checkpoint":
+        ckpt = tmp_path / "empty_ckpt"
+        ckpt.mkdir()
+    elif case == "bad_gaze":
+        gaze = "sideways"
+    code, _, err = _animate(capsys, "--image", img, "--audio", wav, "--out", out, "--checkpoint", ckpt,
+                            "--gaze", gaze)
+    assert code == 2, (case, err)
+    lines = [line for line in err.strip().splitlines() if line.startswith("gohd animate: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK", "P"])
+def test_image_modes_are_converted(tmp_path, mode):
+    from gohd_jax.infer.source import load_image
+
+    path = tmp_path / f"img_{mode}.{'jpg' if mode == 'CMYK' else 'png'}"
+    Image.new(mode, (80, 70)).save(path)
+    arr = load_image(path)
+    assert arr.shape == (70, 80, 3) and arr.dtype == np.uint8
+
+
+def test_image_without_a_face_still_renders(tmp_path, bundle_dir, capsys, caplog):
+    img = tmp_path / "wall.png"
+    Image.new("RGB", (120, 90), (200, 200, 190)).save(img)
+    wav = _write_wav(tmp_path / "s.wav", _speech(0.5))
+    code, _, err = _animate(capsys, "--image", img, "--audio", wav, "--out", tmp_path / "o.mp4",
+                            "--checkpoint", bundle_dir, "--sampler", "ddim", "--steps", "2")
+    assert code == 0, err
+    assert "no face" in caplog.text
+    assert len(_decode(tmp_path / "o.mp4")[0]) == math.ceil(0.5 * 25)
+
+
+def test_wrong_kind_of_training_run_is_refused(tmp_path):
+    with pytest.raises(BundleError, match="no animator model"):
+        load_bundle(tmp_path)
+
+
+def test_manifest_mode_batches_and_reports_failures(tmp_path, bundle_dir, capsys):
+    img = tmp_path / "face.png"
+    Image.fromarray(np.full((80, 80, 3), 100, np.uint8)).save(img)
+    for k, sec in enumerate((0.5, 0.9, 0.7)):
+        _write_wav(tmp_path / f"a{k}.wav", _speech(sec, k))
+    rows = ["image,audio,out,gaze,seed",
+            "face.png,a0.wav,o0.mp4,left,1",
+            "missing.png,a1.wav,o1.mp4,,",
+            "face.png,a2.wav,o2.mp4,,2",
+            "face.png,a1.wav,o3.mp4,forward,3"]
+    (tmp_path / "jobs.csv").write_text("\n".join(rows) + "\n")
+    code = cli.main(["animate", "--manifest", str(tmp_path / "jobs.csv"), "--checkpoint", str(bundle_dir),
+                     "--batch-clips", "2", "--sampler", "ddim", "--steps", "2"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "3 of 4 clips written" in out and "row 2" in out and "missing.png" in out
+    for name, sec in (("o0", 0.5), ("o2", 0.7), ("o3", 0.9)):
+        assert len(_decode(tmp_path / f"{name}.mp4")[0]) == math.ceil(sec * 25)
+    assert not (tmp_path / "o1.mp4").exists()
+
+
+# ------------------------------------------------------------------------------------ export
+
+
+def test_export_reloads_and_matches_the_live_functions(tmp_path, bundle_dir):
+    from jax import export
+
+    from gohd_jax.infer.export import _example, export_bundle, exported_functions
+
+    bundle = load_bundle(bundle_dir)
+    files = export_bundle(bundle, tmp_path / "exp", render_batch=4, clips=2)
+    assert {f.name for f in files} >= {"render.stablehlo", "pose_window.stablehlo", "encode.stablehlo"}
+    live = exported_functions(bundle, render_batch=4, clips=2)
+    for name in ("encode", "render", "pose_window", "gaze_window"):
+        fn, specs = live[name]
+        args = [_example(s, i) for i, s in enumerate(specs)]
+        loaded = export.deserialize((tmp_path / "exp" / f"{name}.stablehlo").read_bytes())
+        got = jax.tree.leaves(loaded.call(*args))
+        want = jax.tree.leaves(jax.jit(fn)(*args))
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(np.asarray(g, np.float64), np.asarray(w, np.float64), rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ official
+
+
+@pytest.fixture(scope="module")
+def official_files(tmp_path_factory):
+    """The four official checkpoint files (torch zip format), weights from the reference manifests."""
+    tmp_path = tmp_path_factory.mktemp("official")
+    from gohd_jax.interop import oracle_weights as ow
+    from tests.test_torch_checkpoint import state_dict, tensor, torch_save_zip
+
+    def sd(kind):
+        man = ow.load_manifest(require_shared("reference", kind, "manifest.json"))
+        return ow.make_state_dict(man, ow.manifest_seed(man))
+
+    files = {}
+    for flag, kind, key, prefix in (("animator", "animator", "gen_pose", ""), ("pose", "pose_diffusion", "model", ""),
+                                    ("gaze", "gaze_diffusion", "model", ""), ("exp", "audio2exp", "state_dict_G", "module.")):
+        weights = sd(kind)
+        obj = {key: state_dict(**{prefix + k: tensor(v) for k, v in weights.items()})}
+        files[flag] = tmp_path / f"{flag}.pt"
+        files[flag].write_bytes(torch_save_zip(obj))
+    return files
+
+
+@pytest.mark.slow
+def test_convert_official_then_animate(tmp_path, capsys, official_files):
+    """The official-size bundle end to end (slow on CPU: 51 M-parameter animator at 256 px)."""
+    files = official_files
+    code = cli.main(["convert-official", *[f"--{k}={v}" for k, v in files.items()], "--out", str(tmp_path / "official")])
+    assert code == 0, capsys.readouterr().err
+    b = load_bundle(tmp_path / "official")
+    assert b.image_size == 256 and b.pose_spec.alignment == "release" and b.animator.config.release_sft_wiring
+    img = require_shared("assets", "gohd_examples", "source", "HDTF_0.jpg")
+    wav = _write_wav(tmp_path / "s.wav", _speech(0.4))
+    code, out, err = _animate(capsys, "--image", img, "--audio", wav, "--out", tmp_path / "o.mp4", "--checkpoint",
+                              tmp_path / "official", "--sampler", "ddim", "--steps", "2", "--pose", "still")
+    assert code == 0, err
+    assert len(_decode(tmp_path / "o.mp4")[0]) == 10
+
+
+def test_convert_official_refuses_wrong_kinds_and_payloads(tmp_path, capsys, official_files):
+    from tests.test_torch_checkpoint import _Reduce, _pickle
+
+    files = official_files
+    swapped = dict(files, pose=files["gaze"])
+    code = cli.main(["convert-official", *[f"--{k}={v}" for k, v in swapped.items()], "--out", str(tmp_path / "o1")])
+    err = capsys.readouterr().err
+    assert code == 2 and "6-d pose model" in err
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(_pickle(_Reduce("os", "system", f"touch {marker}")))
+    code = cli.main(["convert-official", *[f"--{k}={v}" for k, v in dict(files, exp=evil).items()],
+                     "--out", str(tmp_path / "o2")])
+    err = capsys.readouterr().err
+    assert code == 2 and "os.system" in err and not marker.exists()
+    assert not (tmp_path / "o2" / "bundle.json").exists()
+    # the converted bundle holds exactly the converted weights
+    code = cli.main(["convert-official", *[f"--{k}={v}" for k, v in files.items()], "--out", str(tmp_path / "ok")])
+    assert code == 0, capsys.readouterr().err
+    from gohd_jax.infer.bundle import _flat
+    from gohd_jax.interop import oracle_weights as ow
+    from gohd_jax.interop.motion_weights import denoiser_from_state_dict
+
+    man = ow.load_manifest(require_shared("reference", "gaze_diffusion", "manifest.json"))
+    direct = _flat(denoiser_from_state_dict(ow.make_state_dict(man, ow.manifest_seed(man))))
+    loaded = _flat(load_bundle(tmp_path / "ok").gaze)
+    assert direct.keys() == loaded.keys() and all(np.array_equal(direct[k], loaded[k]) for k in direct)
+    assert os.path.getsize(tmp_path / "ok" / "animator.npz") > 100e6  # the 51.6 M official parameters
