@@ -39,6 +39,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/bench_animator.py
 	$(PY) bench/bench_cpu_kernels.py
 	$(PY) bench/bench_preprocess.py
+	$(PY) bench/bench_animate.py
 	$(PY) bench/bench_motion.py
 	$(PY) bench/bench_expression.py
 

@@ -341,3 +341,12 @@ def test_convert_official_refuses_wrong_kinds_and_payloads(tmp_path, capsys):
     code, err = _convert(dict(files, pose=tmp_path / "missing.pt"), tmp_path / "o3", capsys)
     assert code == 2 and "no such file" in err
     assert not any((tmp_path / o / "bundle.json").exists() for o in ("o1", "o2", "o3"))
+
+
+def test_a_batch_sharded_over_8_devices_matches_one_clip(engine):
+    assert engine.mesh.size == len(jax.local_devices()) == 8
+    jobs = [_job(seconds=1.0 + 0.1 * k, seed=k) for k in range(8)]
+    sharded = _drive(engine, *jobs)
+    for k in (0, 5):
+        alone = _drive(engine, jobs[k])[0]
+        np.testing.assert_allclose(sharded[k]["descriptors"], alone["descriptors"], rtol=1e-4, atol=1e-5)

@@ -216,9 +216,12 @@ class Animate:
         cond = self._stack([f["cond"] for f in feats], t)
         need_pose = any(isinstance(j.controls.pose, str) and j.controls.pose == "generated" for j in jobs)
         need_gaze = any(isinstance(j.controls.gaze, str) and j.controls.gaze == "generated" for j in jobs)
-        pose_gen = (windowing.generate_long(self.pose_sampler, cond, pose0, key=part(0),
+        put = None
+        if len(jobs) % self.mesh.size == 0 and self.mesh.size > 1:  # clips sharded over the devices
+            put = lambda a: jax.device_put(a, self._rows)  # noqa: E731
+        pose_gen = (windowing.generate_long(self.pose_sampler, cond, pose0, key=part(0), put=put,
                                             window=self.bundle.pose_spec.window) if need_pose else None)
-        gaze_gen = (windowing.generate_long(self.gaze_sampler, cond, gaze0, key=part(1),
+        gaze_gen = (windowing.generate_long(self.gaze_sampler, cond, gaze0, key=part(1), put=put,
                                             window=self.bundle.gaze_spec.window) if need_gaze else None)
         times.add("motion", time.perf_counter() - t0)
 
