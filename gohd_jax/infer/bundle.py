@@ -114,10 +114,13 @@ def _load_converted(root: Path) -> Bundle:
     if meta.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{root}/bundle.json is not a {BUNDLE_FORMAT} bundle")
     classes, models = _classes(), {}
+    allowed = {"animator": ("SemanticAnimator",), "pose": ("MotionDenoiser",), "gaze": ("MotionDenoiser",),
+               "expression": ("FrameExpression", "TwoStageExpression")}
     for role in ("animator", "pose", "gaze", "expression"):
-        entry = meta["models"].get(role)
-        if entry is None or entry.get("class") not in classes:
-            raise BundleError(f"{root}: bundle.json has no usable {role!r} model")
+        entry = meta.get("models", {}).get(role)
+        if entry is None or entry.get("class") not in allowed[role]:
+            got = None if entry is None else entry.get("class")
+            raise BundleError(f"{root}: the {role} must be a {' or '.join(allowed[role])}, the bundle has {got}")
         cls, cfg_cls = classes[entry["class"]]
         cfg = _config_from(cfg_cls, entry["config"])
         model = nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(0)))
@@ -138,6 +141,7 @@ def _load_converted(root: Path) -> Bundle:
         nnx.replace_by_pure_dict(state, _nest(arrays))
         nnx.update(model, state)
         models[role] = model
+    _check_motion(models, root)
     return Bundle(**models, pose_spec=MotionSpec(**meta["pose_spec"]), gaze_spec=MotionSpec(**meta["gaze_spec"]),
                   expression_window=int(meta["expression_window"]), origin=meta.get("origin", "converted"))
 
@@ -182,11 +186,7 @@ def _load_runs(root: Path) -> Bundle:
         if model_name not in loaded:
             raise BundleError(f"{run} ({cfg.task_name}) has no {model_name!r} model")
         models[role], configs[role], found[role] = loaded[model_name], cfg, run
-    for role in ("pose", "gaze"):
-        want = 6 if role == "pose" else 2
-        if models[role].cfg.in_channels != want:
-            raise BundleError(f"{found[role]} models {models[role].cfg.in_channels}-d motion; the {role} "
-                              f"denoiser must be {want}-d")
+    _check_motion(models, root)
 
     def spec(role):
         c = configs[role]
@@ -196,6 +196,14 @@ def _load_runs(root: Path) -> Bundle:
     ew = int(configs["expression"].data.get("window", 30)) if "data" in configs["expression"] else 30
     return Bundle(**models, pose_spec=spec("pose"), gaze_spec=spec("gaze"), expression_window=ew,
                   origin="trainer")
+
+
+def _check_motion(models: dict, root: Path) -> None:
+    for role, want in (("pose", 6), ("gaze", 2)):
+        got = models[role].cfg.in_channels
+        if got != want:
+            raise BundleError(f"{root}: the {role} denoiser models {got}-d motion; it must be {want}-d "
+                              f"(pose and gaze swapped?)")
 
 
 def load_bundle(path: str | Path) -> Bundle:
