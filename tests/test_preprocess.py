@@ -319,3 +319,21 @@ def test_decode_resamples_50fps_to_25(tmp_path):
     np.testing.assert_allclose(red, np.arange(25) * 10, atol=4)  # every second source frame
     with pytest.raises(SkipVideo, match="missing"):
         open_video(tmp_path / "nope.mp4")
+
+
+def test_lm3d_template_is_found_in_the_deep3d_layout(tmp_path):
+    from scipy.io import savemat
+
+    from data_pipelines.video.estimate import find_lm3d
+
+    ckpt = tmp_path / "Deep3DFaceRecon_pytorch" / "checkpoints" / "model_name" / "epoch_20.pth"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"")
+    assert find_lm3d(ckpt) is None
+    bfm = tmp_path / "Deep3DFaceRecon_pytorch" / "BFM"
+    bfm.mkdir()
+    lm68 = np.random.default_rng(0).normal(size=(68, 3))
+    savemat(bfm / "similarity_Lm3D_all.mat", {"lm": lm68})
+    found = find_lm3d(ckpt)
+    assert found == bfm / "similarity_Lm3D_all.mat"
+    np.testing.assert_allclose(align.load_lm3d(found), align.five_points(lm68))

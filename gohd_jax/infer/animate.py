@@ -6,7 +6,8 @@ window), the pose and gaze window samplers and the windowed expression model (bo
 device memory for any audio length). ``Animate.run(jobs, writers)`` renders a batch of clips:
 
 1. features: per clip T = ceil(25 x audio seconds) frames (the audio zero-padded to T x 640
-   samples), the Wav2Lip mel windows [T,80,16] and the motion condition [T,320];
+   samples), the Wav2Lip mel (its [T,80,16] windows cut per expression window) and the motion
+   condition [T,320];
 2. motion: expression (stage 1, or stages 1+2 with generated blinks/brows), pose (residual to
    pose0) and gaze (absolute), every clip of the batch in the same windows (shorter clips padded);
 3. rendering: frames of all clips, ``render_batch`` at a time, sent to each clip's writer as they
@@ -120,6 +121,25 @@ def _fit(arr: np.ndarray, t: int, what: str) -> np.ndarray:
     return np.concatenate([arr, np.repeat(arr[-1:], t - len(arr), 0)])
 
 
+class _LazyMelWindows:
+    """[B, T, 80, 16] Wav2Lip windows of a batch of clips, computed per requested frame range
+    (``x[:, a:b]``) instead of held whole (5 KB a frame); clip i repeats its last frame past T_i."""
+
+    def __init__(self, mels: list[np.ndarray], lengths: list[int], t: int):
+        self.mels, self.lengths = mels, lengths
+        self.shape = (len(mels), t, 80, 16)
+
+    def __getitem__(self, key):
+        from data_pipelines import audio
+
+        rows, cols = key
+        if rows != slice(None) or not isinstance(cols, slice):
+            raise IndexError("_LazyMelWindows supports x[:, a:b] only")
+        a, b, _ = cols.indices(self.shape[1])
+        return np.stack([audio.frame_mel_windows(m, n, frames=np.minimum(np.arange(a, b), n - 1))
+                         for m, n in zip(self.mels, self.lengths)]).astype(np.float32)
+
+
 class Animate:
     """The jitted end-to-end pipeline for one bundle (see the module docstring)."""
 
@@ -166,11 +186,10 @@ class Animate:
         wav = np.zeros(t * 640, np.float32)
         wav[:min(len(job.wav), t * 640)] = job.wav[:t * 640]
         mel80 = audio.wav2lip_mel(wav)
-        windows = audio.frame_mel_windows(mel80, t)
         cond_kind = self.bundle.pose_spec.condition
         cond = (audio.frame_cond_100hz(audio.mel_100hz(wav), t) if cond_kind == "mel100"
                 else audio.frame_cond_release(mel80, t))
-        return {"frames": t, "mel_windows": np.asarray(windows, np.float32), "cond": np.asarray(cond, np.float32)}
+        return {"frames": t, "mel80": np.asarray(mel80, np.float32), "cond": np.asarray(cond, np.float32)}
 
     # ----------------------------------------------------------------------------- motion
 
@@ -192,7 +211,7 @@ class Animate:
         part = lambda i: jnp.stack([jax.random.fold_in(k, i) for k in keys])  # noqa: E731
 
         t0 = time.perf_counter()
-        mel = self._stack([f["mel_windows"] for f in feats], t)
+        mel = _LazyMelWindows([f["mel80"] for f in feats], lengths, t)
         exp_model = self.expression
         if exp_model.two_stage:
             ctrl_in = np.stack([j.control0 for j in jobs]).astype(np.float32)
