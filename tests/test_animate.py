@@ -26,6 +26,13 @@ from tests.conftest import require_shared
 SR = 16000
 
 
+def _tiny_motion(ch: int, seed: int = 0):
+    from gohd_jax.models.motion_denoiser import MotionDenoiser, MotionDenoiserConfig
+
+    cfg = dataclasses.replace(MotionDenoiserConfig.tiny(ch, ch), local_dim=320)
+    return MotionDenoiser(cfg, rngs=nnx.Rngs(seed))
+
+
 def _tiny_bundle() -> Bundle:
     from gohd_jax.models.animator import AnimatorConfig, SemanticAnimator
     from gohd_jax.models.expression import ExpressionConfig, TwoStageExpression
@@ -291,9 +298,8 @@ def test_export_reloads_and_matches_the_live_functions(tmp_path, bundle_dir):
 # ------------------------------------------------------------------------------------ official
 
 
-def _official_files(tmp_path, animator: bool = True):
-    """The official checkpoint files (torch zip format), weights from the reference manifests;
-    without ``animator`` a placeholder stands for the 200 MB animator file."""
+def _official_files(tmp_path):
+    """The official checkpoint files (torch zip format), weights from the reference manifests."""
     from gohd_jax.interop import oracle_weights as ow
     from tests.test_torch_checkpoint import state_dict, tensor, torch_save_zip
 
@@ -301,9 +307,6 @@ def _official_files(tmp_path, animator: bool = True):
     for flag, kind, key, prefix in (("animator", "animator", "gen_pose", ""), ("pose", "pose_diffusion", "model", ""),
                                     ("gaze", "gaze_diffusion", "model", ""), ("exp", "audio2exp", "state_dict_G", "module.")):
         files[flag] = tmp_path / f"{flag}.pt"
-        if flag == "animator" and not animator:
-            files[flag].write_bytes(b"never read: the small checkpoints fail first")
-            continue
         man = ow.load_manifest(require_shared("reference", kind, "manifest.json"))
         weights = ow.make_state_dict(man, ow.manifest_seed(man))
         obj = {key: state_dict(**{prefix + k: tensor(v) for k, v in weights.items()})}
@@ -341,10 +344,46 @@ def test_convert_official_then_animate(tmp_path, capsys):
     assert len(_decode(tmp_path / "o.mp4")[0]) == 10
 
 
+def test_motion_export_round_trips_through_the_official_layout():
+    from gohd_jax.interop import oracle_weights as ow
+    from gohd_jax.interop.motion_weights import denoiser_from_state_dict, export_state_dict
+
+    man = ow.load_manifest(require_shared("reference", "gaze_diffusion", "manifest.json"))
+    shapes = {t["name"]: tuple(t["shape"]) for t in man["tensors"]}
+    model = _tiny_motion(2)
+    sd = export_state_dict(model)
+    # the official shapes of the tiny model's entries follow the release's layout
+    name = "residual_layers.0.nn.attention_blocks.0.attn.position_scorer."
+    for k in ("offsets", "bias", "slopes"):
+        assert len(sd[name + k].shape) == len(shapes[name + k])
+    back = denoiser_from_state_dict(sd)
+    from gohd_jax.infer.bundle import _flat
+    a, b = _flat(model), _flat(back)
+    assert all(np.array_equal(a[k], b[k]) for k in a if "step_table" not in k)
+
+
+def _small_official_files(tmp_path):
+    """Official-format pose/gaze/exp files of tiny models (fast) and a placeholder animator."""
+    from gohd_jax.interop.motion_weights import export_state_dict
+    from gohd_jax.interop import oracle_weights as ow
+    from tests.test_torch_checkpoint import state_dict, tensor, torch_save_zip
+
+    man = ow.load_manifest(require_shared("reference", "audio2exp", "manifest.json"))
+    exp = {f"module.{k}": v for k, v in ow.make_state_dict(man, ow.manifest_seed(man)).items()}
+    files = {"animator": tmp_path / "animator.pt"}
+    files["animator"].write_bytes(b"never read: the small checkpoints fail first")
+    for flag, key, sd in (("pose", "model", export_state_dict(_tiny_motion(6))),
+                          ("gaze", "model", export_state_dict(_tiny_motion(2))),
+                          ("exp", "state_dict_G", exp)):
+        files[flag] = tmp_path / f"{flag}.pt"
+        files[flag].write_bytes(torch_save_zip({key: state_dict(**{k: tensor(v) for k, v in sd.items()})}))
+    return files
+
+
 def test_convert_official_refuses_wrong_kinds_and_payloads(tmp_path, capsys):
     from tests.test_torch_checkpoint import _Reduce, _pickle
 
-    files = _official_files(tmp_path, animator=False)
+    files = _small_official_files(tmp_path)
     code, err = _convert(dict(files, pose=files["gaze"]), tmp_path / "o1", capsys)
     assert code == 2 and "6-d pose model" in err
     code, err = _convert(dict(files, gaze=files["exp"]), tmp_path / "o1", capsys)

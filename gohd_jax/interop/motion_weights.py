@@ -22,7 +22,7 @@ from flax import nnx
 from gohd_jax.models.motion_denoiser import MotionDenoiser, MotionDenoiserConfig
 from gohd_jax.nn import tisa as T
 
-__all__ = ["infer_config", "load_state_dict", "denoiser_from_state_dict", "run_single",
+__all__ = ["infer_config", "export_state_dict", "load_state_dict", "denoiser_from_state_dict", "run_single",
            "run_sampler", "parity_pose_diffusion", "parity_gaze_diffusion"]
 
 
@@ -83,6 +83,24 @@ def _transform(arr: np.ndarray, how: str) -> np.ndarray:
     if how == "flat":
         return arr.reshape(-1)
     return arr
+
+
+def export_state_dict(model: MotionDenoiser) -> dict[str, np.ndarray]:
+    """Our denoiser -> an official ``LDA`` state dict (the inverse of ``load_state_dict``; what
+    ``audio2pose.pt['model']`` holds), e.g. to run our trained weights with the official code."""
+    out = {}
+    for name, var, how, _ in _entries(model):
+        a = np.asarray(var[...], np.float32)
+        if how == "linear":
+            a = a.T
+        elif how == "conv":
+            a = np.transpose(a, (2, 1, 0))
+        elif how == "tisa_kh":
+            a = a.reshape(1, a.shape[0], a.shape[1], 1, 1)
+        elif how == "flat":
+            a = a.reshape((1, -1, 1, 1) if name.endswith(".bias") else (-1, 1, 1))
+        out[name] = np.ascontiguousarray(a)
+    return out
 
 
 def infer_config(state_dict: Mapping[str, Any]) -> MotionDenoiserConfig:
