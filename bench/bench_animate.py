@@ -12,7 +12,6 @@ Random weights: the arithmetic and the time are the real ones. Prints a markdown
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import platform
 import sys
@@ -24,27 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
-
-
-def make_bundle(size: str):
-    from gohd_jax.infer.bundle import Bundle, MotionSpec
-    from gohd_jax.models.animator import AnimatorConfig, SemanticAnimator
-    from gohd_jax.models.expression import ExpressionConfig, FrameExpression, TwoStageExpression
-    from gohd_jax.models.motion_denoiser import MotionDenoiser, MotionDenoiserConfig
-
-    r = nnx.Rngs(0)
-    if size == "tiny":
-        pose = MotionDenoiser(dataclasses.replace(MotionDenoiserConfig.tiny(6, 6), local_dim=320), rngs=r)
-        gaze = MotionDenoiser(dataclasses.replace(MotionDenoiserConfig.tiny(2, 2), local_dim=320), rngs=r)
-        spec = MotionSpec(window=50, data_scale=1.0, alignment="training", condition="mel100")
-        return Bundle(SemanticAnimator(AnimatorConfig.tiny(), rngs=r), pose, gaze,
-                      TwoStageExpression(ExpressionConfig.tiny(21), rngs=r), pose_spec=spec, gaze_spec=spec,
-                      expression_window=30, origin="bench")
-    spec = MotionSpec(window=150, data_scale=1.0, alignment="release", condition="release")
-    return Bundle(SemanticAnimator(AnimatorConfig.official(), rngs=r), MotionDenoiser(MotionDenoiserConfig.pose(), rngs=r),
-                  MotionDenoiser(MotionDenoiserConfig.gaze(), rngs=r), FrameExpression(ExpressionConfig.released(), rngs=r),
-                  pose_spec=spec, gaze_spec=spec, expression_window=30, origin="bench")
 
 
 def speech(seconds: float, seed: int) -> np.ndarray:
@@ -63,9 +41,10 @@ def main() -> None:
     p.add_argument("--render-batch", type=int, default=32)
     a = p.parse_args()
     from gohd_jax.infer.animate import Animate, ClipJob, Sampling
+    from gohd_jax.infer.bundle import random_bundle
     from gohd_jax.infer.mp4 import Mp4Writer
 
-    bundle = make_bundle(a.size)
+    bundle = random_bundle(a.size)
     s = bundle.image_size
     print(f"{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"jax {jax.__version__} on {jax.devices()[0].platform}; {a.size} models ({s} px), {a.seconds:g} s clips, "

@@ -10,7 +10,6 @@ shared folder is present.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import time

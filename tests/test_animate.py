@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 
 import jax
 import numpy as np
@@ -20,7 +19,7 @@ from PIL import Image
 
 from gohd_jax.infer import cli
 from gohd_jax.infer.animate import Animate, ClipJob, Controls, Sampling, num_frames
-from gohd_jax.infer.bundle import Bundle, BundleError, MotionSpec, load_bundle, save_bundle
+from gohd_jax.infer.bundle import Bundle, BundleError, load_bundle, random_bundle, save_bundle
 from tests.conftest import require_shared
 
 SR = 16000
@@ -34,17 +33,7 @@ def _tiny_motion(ch: int, seed: int = 0):
 
 
 def _tiny_bundle() -> Bundle:
-    from gohd_jax.models.animator import AnimatorConfig, SemanticAnimator
-    from gohd_jax.models.expression import ExpressionConfig, TwoStageExpression
-    from gohd_jax.models.motion_denoiser import MotionDenoiser, MotionDenoiserConfig
-
-    r = nnx.Rngs(0)
-    pose = MotionDenoiser(dataclasses.replace(MotionDenoiserConfig.tiny(6, 6), local_dim=320), rngs=r)
-    gaze = MotionDenoiser(dataclasses.replace(MotionDenoiserConfig.tiny(2, 2), local_dim=320), rngs=r)
-    spec = MotionSpec(window=32, data_scale=1.0, alignment="training", condition="mel100")
-    return Bundle(SemanticAnimator(AnimatorConfig.tiny(), rngs=r), pose, gaze,
-                  TwoStageExpression(ExpressionConfig.tiny(21), rngs=r), pose_spec=spec, gaze_spec=spec,
-                  expression_window=30, origin="test")
+    return random_bundle("tiny", window=32)
 
 
 @pytest.fixture(scope="module")
@@ -278,7 +267,15 @@ def test_manifest_mode_batches_and_reports_failures(tmp_path, bundle_dir, capsys
 def test_export_reloads_and_matches_the_live_functions(tmp_path, bundle_dir):
     from jax import export
 
-    from gohd_jax.infer.export import _example, export_bundle, exported_functions
+    from gohd_jax.infer.export import export_bundle, exported_functions
+
+    def _example(spec, seed):
+        rng = np.random.default_rng(seed)
+        if spec.dtype == np.uint8:
+            return rng.integers(0, 256, spec.shape, dtype=np.uint8)
+        if spec.dtype == np.uint32:
+            return rng.integers(0, 2 ** 32, spec.shape, dtype=np.uint32)
+        return rng.normal(0, 0.3, spec.shape).astype(np.float32)
 
     bundle = load_bundle(bundle_dir)
     files = export_bundle(bundle, tmp_path / "exp", render_batch=4, clips=2)

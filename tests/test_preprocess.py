@@ -9,11 +9,9 @@ rebuilt from the reference manifests) and checks the stored descriptors against 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,6 +121,7 @@ def test_real_videos_become_valid_shards(tmp_path, faces):
     ds = ClipDataset(out, verify_hashes=True)
     for v in videos:
         info = open_video(v)
+        src, wav = _read(v)
         clips = [ds[i] for i in range(len(ds)) if ds.index[i]["clip_id"].startswith(pp.video_key(v))]
         assert clips, f"no clip from {v.name}"
         total = sum(len(c["frames"]) for c in clips)
@@ -137,14 +136,12 @@ def test_real_videos_become_valid_shards(tmp_path, faces):
             assert first.shape == (256, 256, 3)
             # aligned: the record's frame k is the video's frame source_frame[k]
             k = int(c["aux"]["source_frame"][t // 2])
-            src, _ = _read(v)
             crop = crop_and_resize(src[k], c["aux"]["crop_box"][t // 2])
             mid = schema.decode_jpeg(c["frames"][t // 2]).astype(float)
             assert np.abs(mid - crop).mean() < 3.0
             assert np.abs(mid - crop_and_resize(src[min(k + 5, len(src) - 1)], c["aux"]["crop_box"][0])).mean() > \
                 np.abs(mid - crop).mean()
             # audio aligned with the frames: the record's samples are the video's
-            _, wav = _read(v)
             s = int(c["aux"]["source_frame"][0]) * 640
             np.testing.assert_allclose(c["audio"], wav[s:s + t * 640], atol=1e-6)
             blink = c["controls"][:, 0]
@@ -193,7 +190,7 @@ def test_real_estimators_in_the_pipeline(tmp_path, faces):
         face = crop_and_resize(video[int(clip["aux"]["source_frame"][i])], clip["aux"]["crop_box"][i])
         lm = clip["aux"]["landmarks"][i].astype(np.float64)
         f224.append(align.deep3d_input(face, lm, LM3D))
-        f448.append(align.l2cs_input(face, pp._gaze_box(lm)))
+        f448.append(align.l2cs_input(face, align.gaze_box(lm)))
     exp, pose, gaze = est(np.stack(f224), np.stack(f448))
     want = np.concatenate([exp, pose, gaze], 1)
     np.testing.assert_allclose(clip["descriptors"][picks], want, rtol=1e-4, atol=1e-4)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["five_points", "load_lm3d", "deep3d_input", "l2cs_input", "RESCALE", "DEEP3D_SIZE",
+__all__ = ["five_points", "load_lm3d", "deep3d_input", "l2cs_input", "gaze_box", "RESCALE", "DEEP3D_SIZE",
            "L2CS_SIZE"]
 
 DEEP3D_SIZE = 224
@@ -81,6 +81,14 @@ def deep3d_input(img: np.ndarray, lm68: np.ndarray, lm3d: np.ndarray) -> np.ndar
     out = Image.fromarray(img).resize((w, h), resample=Image.BICUBIC)
     out = out.crop((left, up, left + DEEP3D_SIZE, up + DEEP3D_SIZE))
     return np.asarray(out, np.float32) / 255.0
+
+
+def gaze_box(lm68: np.ndarray) -> np.ndarray:
+    """The face box L2CS sees: the landmarks' bounding box made square, 10% margin (the release
+    uses RetinaFace's box, which frames about the same region)."""
+    (l, t), (r, b) = lm68.min(0), lm68.max(0)
+    cx, cy, half = (l + r) / 2, (t + b) / 2, 0.55 * max(r - l, b - t)
+    return np.array([cx - half, cy - half, cx + half, cy + half])
 
 
 def l2cs_input(img: np.ndarray, box) -> np.ndarray:

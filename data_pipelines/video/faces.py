@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["FaceModels", "landmark_model_path", "official_crop_box", "crop_and_resize", "MissingModel",
-           "CROP_SIZE"]
+           "CROP_SIZE", "shrink", "to_crop"]
 
 CROP_SIZE = 256
 
@@ -71,6 +71,26 @@ class FaceModels:
         l, t, r, b = (int(round(v)) for v in box)
         shape = self.predictor(np.ascontiguousarray(img), self._dlib.rectangle(l, t, r, b))
         return np.array([(p.x, p.y) for p in shape.parts()], np.float64)
+
+
+def shrink(img: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    """A copy at most ``max_side`` px on its longer side (bilinear) for detection, and its scale
+    (<= 1; divide boxes found on the copy by it). The image itself when already small enough."""
+    from PIL import Image
+
+    h, w = img.shape[:2]
+    scale = min(1.0, max_side / max(h, w))
+    if scale == 1.0:
+        return img, 1.0
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(img).resize(size, Image.BILINEAR)), scale
+
+
+def to_crop(points: np.ndarray, crop, size: int = CROP_SIZE) -> np.ndarray:
+    """Points [...,2] in frame pixels -> the same points in the size x size resized crop."""
+    l, t, r, b = crop
+    return (np.asarray(points, np.float64) - np.array([l, t])) * np.array([size / max(r - l, 1),
+                                                                           size / max(b - t, 1)])
 
 
 def official_crop_box(box, height: int, width: int, increase: float = 0.4) -> tuple[int, int, int, int]:

@@ -29,6 +29,7 @@ so a rerun skips finished videos and a crash loses at most the video in progress
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -46,7 +47,7 @@ from data_pipelines import records, schema
 from data_pipelines.controls import controls_from_landmarks
 from data_pipelines.video import align
 from data_pipelines.video.decode import AudioStream, SkipVideo, VIDEO_EXTENSIONS, frames_25fps, open_video
-from data_pipelines.video.faces import CROP_SIZE, FaceModels, crop_and_resize, official_crop_box
+from data_pipelines.video.faces import FaceModels, crop_and_resize, official_crop_box, shrink, to_crop
 from data_pipelines.video.segment import Clip, SegmentConfig, cut_score, segment, thumbnail
 
 log = logging.getLogger(__name__)
@@ -80,18 +81,14 @@ class StageTimer:
         self.seconds: Counter = Counter()
         self.frames: Counter = Counter()
 
+    @contextlib.contextmanager
     def __call__(self, stage: str, frames: int = 0):
-        timer = self
-
-        class _Span:
-            def __enter__(self):
-                self.t = time.perf_counter()
-
-            def __exit__(self, *exc):
-                timer.seconds[stage] += time.perf_counter() - self.t
-                timer.frames[stage] += frames
-
-        return _Span()
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] += time.perf_counter() - t
+            self.frames[stage] += frames
 
     def merge(self, other: dict) -> None:
         for k, v in other.get("seconds", {}).items():
@@ -140,10 +137,7 @@ def list_videos(sources: Iterable[str]) -> list[str]:
 def _detect_all(info, faces: FaceModels, cfg: PreprocessConfig, timer: StageTimer):
     """Pass 1: per-frame detector box and 68 landmarks (frame pixels, float32; None without a face)
     and shot-cut score (about 1.3 KB per frame in all)."""
-    from PIL import Image
-
     boxes, lms, scores, prev = [], [], [], None
-    scale = min(1.0, cfg.detect_size / max(info.width, info.height))
     it = frames_25fps(info)
     while True:
         with timer("decode", 1):
@@ -152,10 +146,7 @@ def _detect_all(info, faces: FaceModels, cfg: PreprocessConfig, timer: StageTime
             break
         _, img = item
         with timer("detect", 1):
-            small = img
-            if scale < 1.0:
-                small = np.asarray(Image.fromarray(img).resize(
-                    (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale))), Image.BILINEAR))
+            small, scale = shrink(img, cfg.detect_size)
             box = faces.detect(small)
             box = None if box is None else tuple(v / scale for v in box)
             thumb = thumbnail(small)
@@ -172,20 +163,6 @@ def _crop_of(clip: Clip, info) -> tuple[int, int, int, int]:
     return official_crop_box(np.median(clip.detections, axis=0), info.height, info.width)
 
 
-def _gaze_box(lm: np.ndarray) -> np.ndarray:
-    """The face box L2CS sees: the landmarks' bounding box made square, 10% margin (the release
-    uses RetinaFace's box, which frames about the same region)."""
-    (l, t), (r, b) = lm.min(0), lm.max(0)
-    cx, cy, half = (l + r) / 2, (t + b) / 2, 0.55 * max(r - l, b - t)
-    return np.array([cx - half, cy - half, cx + half, cy + half])
-
-
-def _to_crop(points: np.ndarray, crop) -> np.ndarray:
-    """Points [...,2] in frame pixels -> the same points in the 256x256 crop's pixels."""
-    l, t, r, b = crop
-    return (points - np.array([l, t])) * np.array([CROP_SIZE / max(r - l, 1), CROP_SIZE / max(b - t, 1)])
-
-
 class _ClipBuilder:
     """Accumulates one clip's frames; flushes the estimators every ``batch`` frames."""
 
@@ -198,8 +175,8 @@ class _ClipBuilder:
         with self.timer("crop", 1):
             face = crop_and_resize(img, self.crop)
             self.jpegs.append(schema.encode_jpeg(face, self.quality))
-        lm = _to_crop(self.clip.landmarks[i].astype(np.float64), self.crop)
-        box = _gaze_box(lm)
+        lm = to_crop(self.clip.landmarks[i], self.crop)
+        box = align.gaze_box(lm)
         self.landmarks.append(lm.astype(np.float32))
         self.controls.append(controls_from_landmarks(lm))
         with self.timer("estimators", 0):

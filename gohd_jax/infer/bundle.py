@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
-__all__ = ["Bundle", "MotionSpec", "load_bundle", "save_bundle", "BundleError", "BUNDLE_FORMAT"]
+__all__ = ["Bundle", "MotionSpec", "load_bundle", "save_bundle", "random_bundle", "BundleError", "BUNDLE_FORMAT"]
 
 BUNDLE_FORMAT = "gohd-bundle-v1"
 
@@ -204,6 +204,30 @@ def _check_motion(models: dict, root: Path) -> None:
         if got != want:
             raise BundleError(f"{root}: the {role} denoiser models {got}-d motion; it must be {want}-d "
                               f"(pose and gaze swapped?)")
+
+
+def random_bundle(size: str = "tiny", *, window: int = 50, seed: int = 0) -> Bundle:
+    """Random-init models for tests and benchmarks: ``"tiny"`` (64 px animator, 3-layer denoisers
+    in ``window``-frame windows, our trainer's alignment, the two-stage expression model) or
+    ``"official"`` (the released architectures and sampling settings)."""
+    from gohd_jax.models.animator import AnimatorConfig, SemanticAnimator
+    from gohd_jax.models.expression import ExpressionConfig, FrameExpression, TwoStageExpression
+    from gohd_jax.models.motion_denoiser import MotionDenoiser, MotionDenoiserConfig
+
+    r = nnx.Rngs(seed)
+    if size == "tiny":
+        motion = [MotionDenoiser(dataclasses.replace(MotionDenoiserConfig.tiny(c, c), local_dim=320), rngs=r)
+                  for c in (6, 2)]
+        spec = MotionSpec(window=window, data_scale=1.0, alignment="training", condition="mel100")
+        return Bundle(SemanticAnimator(AnimatorConfig.tiny(), rngs=r), *motion,
+                      TwoStageExpression(ExpressionConfig.tiny(21), rngs=r), pose_spec=spec, gaze_spec=spec,
+                      origin="random")
+    if size != "official":
+        raise ValueError(f"size must be 'tiny' or 'official', got {size!r}")
+    spec = MotionSpec(window=150, data_scale=1.0, alignment="release", condition="release")
+    return Bundle(SemanticAnimator(AnimatorConfig.official(), rngs=r), MotionDenoiser(MotionDenoiserConfig.pose(), rngs=r),
+                  MotionDenoiser(MotionDenoiserConfig.gaze(), rngs=r), FrameExpression(ExpressionConfig.released(), rngs=r),
+                  pose_spec=spec, gaze_spec=spec, origin="random")
 
 
 def load_bundle(path: str | Path) -> Bundle:

@@ -185,37 +185,53 @@ class _Context:
                 raise UsageError(str(e).splitlines()[0] + " (give --deep3d, --lm3d and --l2cs together)") from None
 
 
-def make_job(ctx: _Context, name: str, image: str, audio: str, *, pose: str, gaze: str, blink: str,
-             pose_scale: float, exp_scale: float, seed: int, descriptor_file: str | None):
+def load_inputs(image: str, audio: str) -> tuple[np.ndarray, np.ndarray]:
+    """(RGB uint8 image, 16 kHz speech), each checked; raises UsageError."""
+    from gohd_jax.infer.source import InputError, load_image
+
+    try:
+        img = load_image(image)
+    except InputError as e:
+        raise UsageError(str(e)) from None
+    return img, load_speech(audio)
+
+
+def make_job(ctx: _Context, name: str, img: np.ndarray, wav: np.ndarray, *, where: str, pose: str, gaze: str,
+             blink: str, pose_scale: float, exp_scale: float, seed: int, descriptor_file: str | None):
     from PIL import Image
 
     from gohd_jax.infer.animate import ClipJob, Controls
-    from gohd_jax.infer.source import InputError, load_image, prepare_source, source_descriptors
+    from gohd_jax.infer.source import InputError, prepare_source, source_descriptors
 
     controls = Controls(pose=parse_pose(pose), gaze=parse_gaze(gaze), blink=blink == "on",
                         pose_scale=float(pose_scale), exp_scale=float(exp_scale))
     try:
-        img = load_image(image)
-        src = prepare_source(img, ctx.faces, where=image)
+        src = prepare_source(img, ctx.faces, where=where)  # warns when it finds no face
         d0, c0, how = source_descriptors(src, estimators=ctx.estimators, npy=descriptor_file)
     except InputError as e:
         raise UsageError(str(e)) from None
     log.info("%s: face %s; source descriptors: %s", name, "found" if src.face_found else "NOT found", how)
-    if not src.face_found:
-        log.warning("%s: no face found in %s; rendering anyway", name, image)
     size = ctx.bundle.image_size
     crop = src.crop if size == src.crop.shape[0] else np.asarray(
         Image.fromarray(src.crop).resize((size, size), Image.BILINEAR))
-    wav = load_speech(audio)
     return ClipJob(name, crop, d0, c0, wav, controls, seed=int(seed)), how
 
 
+class _NullWriter:
+    """Swallows the frames of a batch's padding clips."""
+
+    def write(self, frames):
+        pass
+
+
 def _animate_batch(engine, jobs, outs):
+    """Renders ``jobs`` into ``outs`` (mp4 paths); jobs past ``len(outs)`` are padding. A failed
+    batch deletes its partial files and re-raises."""
     from gohd_jax.infer.mp4 import Mp4Writer
 
     writers = [Mp4Writer(o, engine.size, audio=j.wav) for j, o in zip(jobs, outs)]
     try:
-        drives, times = engine.run(jobs, writers)
+        drives, times = engine.run(jobs, writers + [_NullWriter()] * (len(jobs) - len(outs)))
     except BaseException:
         for w in writers:
             w.abort()
@@ -237,14 +253,9 @@ def cmd_animate(args) -> int:
         raise UsageError(f"missing {', '.join(missing)} (or give --manifest jobs.csv)")
     out = check_out(args.out)
     parse_pose(args.pose), parse_gaze(args.gaze)  # fail fast on bad inputs, before loading models
-    from gohd_jax.infer.source import InputError, load_image
-    try:
-        load_image(args.image)
-    except InputError as e:
-        raise UsageError(str(e)) from None
-    load_speech(args.audio)
+    img, wav = load_inputs(args.image, args.audio)
     ctx = _Context(args)
-    job, how = make_job(ctx, out.stem, args.image, args.audio, pose=args.pose, gaze=args.gaze, blink=args.blink,
+    job, how = make_job(ctx, out.stem, img, wav, where=args.image, pose=args.pose, gaze=args.gaze, blink=args.blink,
                         pose_scale=args.pose_scale, exp_scale=args.exp_scale, seed=args.seed,
                         descriptor_file=args.source_descriptors)
     engine = Animate(ctx.bundle, sampling=Sampling(args.sampler, args.steps), render_batch=args.render_batch)
@@ -289,7 +300,8 @@ def cmd_animate_manifest(args) -> int:
     for k, r in enumerate(rows, start=1):
         try:
             out = check_out(r["out"])
-            job, _ = make_job(ctx, f"row{k}", r["image"], r["audio"], pose=r.get("pose") or args.pose,
+            img, wav = load_inputs(r["image"], r["audio"])
+            job, _ = make_job(ctx, f"row{k}", img, wav, where=r["image"], pose=r.get("pose") or args.pose,
                               gaze=r.get("gaze") or args.gaze, blink=r.get("blink") or args.blink,
                               pose_scale=float(r.get("pose_scale") or args.pose_scale),
                               exp_scale=float(r.get("exp_scale") or args.exp_scale),
@@ -310,21 +322,7 @@ def cmd_animate_manifest(args) -> int:
         batch = [j for _, j, _ in chunk] + [chunk[-1][1]] * pad
         outs = [o for _, _, o in chunk]
         try:
-            from gohd_jax.infer.mp4 import Mp4Writer
-
-            class _Null:
-                def write(self, frames):
-                    pass
-
-            writers = [Mp4Writer(o, engine.size, audio=j.wav) for j, o in zip(batch, outs)] + [_Null()] * pad
-            try:
-                drives, _ = engine.run(batch, writers)
-            except BaseException:
-                for w in writers[:len(chunk)]:
-                    w.abort()
-                raise
-            for w in writers[:len(chunk)]:
-                w.close()
+            drives, _ = _animate_batch(engine, batch, outs)
             frames_done += sum(len(d["descriptors"]) for d in drives[:len(chunk)])
         except Exception as e:  # a failing batch: its rows fail, the others go on
             for k, _, o in chunk:

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 __all__ = ["export_bundle", "exported_functions"]
@@ -88,12 +87,3 @@ def export_bundle(bundle, out, *, render_batch: int = 8, clips: int = 1) -> list
     (out / "export.json").write_text(json.dumps(meta, indent=1))
     files.append(out / "export.json")
     return files
-
-
-def _example(arg, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    if arg.dtype == jnp.uint8:
-        return rng.integers(0, 256, arg.shape, dtype=np.uint8)
-    if arg.dtype == jnp.uint32:
-        return rng.integers(0, 2 ** 32, arg.shape, dtype=np.uint32)
-    return rng.normal(0, 0.3, arg.shape).astype(np.float32)

@@ -35,7 +35,8 @@ class Mp4Writer:
         if self._audio is not None:
             self._a = self._out.add_stream("aac", rate=SAMPLE_RATE)
             self._a.layout = "mono"
-            self._a_pos = 0
+            self._a_pos = 0          # audio samples taken from the input so far
+            self._a_out = 0          # audio samples handed to the encoder (its frames' pts)
             self._a_pending = np.zeros(0, np.int16)
         self.frames = 0
 
@@ -53,9 +54,9 @@ class Mp4Writer:
             chunk = pcm[k:k + size]
             frame = av.AudioFrame.from_ndarray(chunk[None], format="s16", layout="mono")
             frame.sample_rate = SAMPLE_RATE
-            frame.pts = self._samples_out if hasattr(self, "_samples_out") else 0
+            frame.pts = self._a_out
             frame.time_base = Fraction(1, SAMPLE_RATE)
-            self._samples_out = frame.pts + len(chunk)
+            self._a_out += len(chunk)
             for p in self._a.encode(frame):
                 self._out.mux(p)
         self._a_pending = pcm[cut:]

@@ -72,16 +72,12 @@ class Source:
 
 def prepare_source(img: np.ndarray, faces=None, *, where: str = "image") -> Source:
     """The official 256x256 crop of ``img``; ``faces`` a ``FaceModels`` (None: no detector, centre crop)."""
-    from PIL import Image
-
-    from data_pipelines.video.faces import crop_and_resize, official_crop_box
+    from data_pipelines.video.faces import crop_and_resize, official_crop_box, shrink, to_crop
 
     h, w = img.shape[:2]
     box = None
     if faces is not None:
-        scale = min(1.0, 640 / max(h, w))
-        small = img if scale == 1.0 else np.asarray(Image.fromarray(img).resize(
-            (round(w * scale), round(h * scale)), Image.BILINEAR))
+        small, scale = shrink(img, 640)
         found = faces.detect(small)
         box = None if found is None else tuple(v / scale for v in found)
     if box is None:
@@ -92,10 +88,7 @@ def prepare_source(img: np.ndarray, faces=None, *, where: str = "image") -> Sour
         return Source(crop_and_resize(img, crop, ESTIMATOR_CROP), False, None, None)
     crop = official_crop_box(box, h, w)
     out = crop_and_resize(img, crop, ESTIMATOR_CROP)
-    lm = faces.landmarks(img, box)
-    sx, sy = ESTIMATOR_CROP / (crop[2] - crop[0]), ESTIMATOR_CROP / (crop[3] - crop[1])
-    lm = (lm - np.array(crop[:2])) * np.array([sx, sy])
-    return Source(out, True, box, lm)
+    return Source(out, True, box, to_crop(faces.landmarks(img, box), crop, ESTIMATOR_CROP))
 
 
 def neutral_controls() -> np.ndarray:
@@ -119,11 +112,8 @@ def source_descriptors(source: Source, *, estimators=None, npy: str | Path | Non
             raise InputError("the estimators need a visible face to measure exp0/pose0/gaze0; give "
                              "--source-descriptors FILE.npy or drop --deep3d/--l2cs for neutral ones")
         lm = source.landmarks
-        (l, t), (r, b) = lm.min(0), lm.max(0)
-        half = 0.55 * max(r - l, b - t)
-        box = ((l + r) / 2 - half, (t + b) / 2 - half, (l + r) / 2 + half, (t + b) / 2 + half)
         exp, pose, gaze = estimators(align.deep3d_input(source.crop, lm, estimators.lm3d)[None],
-                                     align.l2cs_input(source.crop, box)[None])
+                                     align.l2cs_input(source.crop, align.gaze_box(lm))[None])
         return np.concatenate([exp[0], pose[0], gaze[0]]).astype(np.float32), control0, "estimators"
     if npy is not None:
         p = Path(npy)

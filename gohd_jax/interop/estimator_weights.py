@@ -25,15 +25,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gohd_jax.interop.expression_weights import strip_prefix
+from gohd_jax.interop.expression_weights import copy_entries
 from gohd_jax.models.estimators import Deep3DRecon, L2CSGaze, decode_gaze, descriptor_parts
 from gohd_jax.models.resnet import ResNet50
 
 __all__ = ["load_state_dict", "deep3d_from_state_dict", "l2cs_from_state_dict", "load_deep3d",
            "load_l2cs", "parity_deep3d_recon", "parity_l2cs"]
-
-_DROPPED = ("num_batches_tracked",)
-
 
 def _bn(prefix: str, bn: nnx.BatchNorm) -> Iterator[tuple[str, Any, str]]:
     yield f"{prefix}.weight", bn.scale, "copy"
@@ -85,21 +82,7 @@ def load_state_dict(model: nnx.Module, state_dict: Mapping[str, Any], *,
                     ignore: tuple[str, ...] = ()) -> nnx.Module:
     """Copies an official state dict into ``model`` in place: strict on names and shapes
     (entries whose names start with one of ``ignore`` may be present and are dropped)."""
-    sd = strip_prefix(state_dict)
-    seen = set()
-    for name, var, how in _entries(model):
-        if name not in sd:
-            raise KeyError(f"state dict lacks {name!r}: is this the right checkpoint for "
-                           f"{type(model).__name__}?")
-        arr = _transform(np.asarray(sd[name], np.float32), how)
-        if arr.shape != tuple(var.shape):
-            raise ValueError(f"{name}: shape {arr.shape} (converted) != port {tuple(var.shape)}")
-        var.value = jnp.asarray(arr, var.dtype)
-        seen.add(name)
-    extra = sorted(k for k in set(sd) - seen if not k.endswith(_DROPPED) and not k.startswith(ignore))
-    if extra:
-        raise KeyError(f"unused state-dict entries: {extra[:8]}{' ...' if len(extra) > 8 else ''}")
-    return model
+    return copy_entries(model, _entries(model), state_dict, _transform, ignore=ignore)
 
 
 def deep3d_from_state_dict(state_dict: Mapping[str, Any], param_dtype=jnp.float32) -> Deep3DRecon:

@@ -26,7 +26,7 @@ from flax import nnx
 from gohd_jax.models.expression import ExpressionConfig, FrameExpression, TwoStageExpression
 from gohd_jax.models.syncnet import SyncNet, SyncNetConfig
 
-__all__ = ["strip_prefix", "load_state_dict", "frame_expression_from_state_dict",
+__all__ = ["strip_prefix", "copy_entries", "load_state_dict", "frame_expression_from_state_dict",
            "two_stage_from_state_dict", "syncnet_from_state_dict", "parity_audio2exp",
            "parity_audio2exp_twostage"]
 
@@ -89,25 +89,34 @@ def _transform(arr: np.ndarray, how: str) -> np.ndarray:
     return arr
 
 
-def load_state_dict(model: nnx.Module, state_dict: Mapping[str, Any]) -> nnx.Module:
-    """Copies an official state dict into ``model`` in place: strict on names and shapes."""
-    entries = {FrameExpression: _frame_entries, TwoStageExpression: _two_stage_entries,
-               SyncNet: _syncnet_entries}[type(model)](model)
+def copy_entries(model: nnx.Module, entries, state_dict: Mapping[str, Any], transform, *,
+                 ignore: tuple[str, ...] = ()) -> nnx.Module:
+    """The strict copy every converter here shares: ``entries`` yields (torch name, variable, how),
+    ``transform(array, how)`` converts the layout. Every name must exist with the right shape;
+    entries left over are an error, except BatchNorm's ``num_batches_tracked`` and names starting
+    with one of ``ignore``. ``module.`` (DataParallel) is stripped first."""
     sd = strip_prefix(state_dict)
     seen = set()
     for name, var, how in entries:
         if name not in sd:
             raise KeyError(f"state dict lacks {name!r} (is this the right checkpoint for "
                            f"{type(model).__name__}?)")
-        arr = _transform(np.asarray(sd[name], np.float32), how)
+        arr = transform(np.asarray(sd[name], np.float32), how)
         if arr.shape != tuple(var.shape):
             raise ValueError(f"{name}: shape {arr.shape} (converted) != port {tuple(var.shape)}")
         var.value = jnp.asarray(arr, var.dtype)
         seen.add(name)
-    extra = sorted(k for k in set(sd) - seen if not k.endswith(_DROPPED))
+    extra = sorted(k for k in set(sd) - seen if not k.endswith(_DROPPED) and not k.startswith(ignore))
     if extra:
         raise KeyError(f"unused state-dict entries: {extra[:8]}{' ...' if len(extra) > 8 else ''}")
     return model
+
+
+def load_state_dict(model: nnx.Module, state_dict: Mapping[str, Any]) -> nnx.Module:
+    """Copies an official state dict into ``model`` in place: strict on names and shapes."""
+    entries = {FrameExpression: _frame_entries, TwoStageExpression: _two_stage_entries,
+               SyncNet: _syncnet_entries}[type(model)](model)
+    return copy_entries(model, entries, state_dict, _transform)
 
 
 def _controls_of(sd: Mapping[str, Any], prefix: str = "") -> int:
