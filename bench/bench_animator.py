@@ -1,7 +1,8 @@
 """Animator benchmarks on this machine: official-size (256 px) forward at batch 1
-(source encoding once, rendering per frame) and tiny-size GAN train steps/s.
+(source encoding once, rendering per frame) and the tiny config's train step (batch 8) in its
+reconstruction warm-up and with the GAN on.
 
-    .venv/bin/python bench/bench_animator.py [--repeats 5]
+    .venv/bin/python bench/bench_animator.py [--repeats 5] [--train-repeats 10]
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,6 +38,7 @@ def best_of(fn, repeats):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--train-repeats", type=int, default=10, help="timed train steps per phase")
     args = p.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} "
           f"({jax.devices()[0].platform}); date {time.strftime('%Y-%m-%d')}")
@@ -54,6 +57,41 @@ def main() -> None:
         t_r1 = best_of(lambda: render(state, w, feats, sem1), args.repeats)
         t_r8 = best_of(lambda: render(state, w, feats, sem8), args.repeats)
         print(f"| {name} | {n:.2f} | {t_enc:.3f} | {t_r1:.3f} | {t_r8:.3f} |")
+    train_steps(args.train_repeats)
+
+
+def train_steps(repeats: int) -> None:
+    """ms per jitted train step of configs/animator.py:tiny (batch 8, 1 device) on a small
+    synthetic set, before gan_start_step (reconstruction only) and after it (+ GAN)."""
+    from configs import animator
+    from data_pipelines.synthetic.cli import write_synthetic_dataset
+    from data_pipelines.synthetic.generator import SynthConfig
+    from gohd_jax.parallel import make_mesh
+    from gohd_jax.train.tasks.animator import AnimatorTask
+    from gohd_jax.train.trainer import Trainer
+
+    print("\n| tiny train step, batch 8 | ms/step | steps/s |")
+    print("|---|---:|---:|")
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        write_synthetic_dataset(data, SynthConfig(size=64, seconds=2.0, num_identities=4, seed=0), 8,
+                                clips_per_shard=8, workers=0)
+        for phase, start in (("reconstruction warm-up", 10 ** 9), ("GAN on", 0)):
+            cfg = animator.get_config("tiny")
+            cfg.data.dir = str(data)
+            cfg.task.gan_start_step = start
+            trainer = Trainer(AnimatorTask(cfg), cfg, Path(tmp) / phase.replace(" ", "_"),
+                              mesh=make_mesh(1, 1, devices=jax.devices()[:1]))
+            state = trainer.init_state()
+            batch = trainer._global(next(trainer.data_iterator("train")))
+            state, metrics = trainer._train_step(state, batch)  # compile
+            jax.block_until_ready(metrics)
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                state, metrics = trainer._train_step(state, batch)
+                jax.block_until_ready(metrics)
+            ms = (time.perf_counter() - t0) / repeats * 1000
+            print(f"| {phase} | {ms:.0f} | {1000 / ms:.2f} |")
 
 
 if __name__ == "__main__":

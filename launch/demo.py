@@ -24,7 +24,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", str(Path(__file__).resolve().parent.parent / "configs" / "synthetic.py") + ":demo",
     "Synthetic dataset config (configs/synthetic.py:VARIANT).")
 _WORKDIR = flags.DEFINE_string("workdir", "workdir/demo", "Where the dataset and outputs go.")
-_ANIMATOR_STEPS = flags.DEFINE_integer("animator_steps", 600, "Training steps of the tiny animator (0 = skip).")
+_ANIMATOR_STEPS = flags.DEFINE_integer("animator_steps", 800, "Training steps of the tiny animator (0 = skip).")
 _POSE_STEPS = flags.DEFINE_integer("pose_steps", 600, "Training steps of the tiny pose denoiser (0 = skip).")
 _GAZE_STEPS = flags.DEFINE_integer("gaze_steps", 200, "Training steps of the tiny gaze denoiser (0 = skip).")
 _SYNC_STEPS = flags.DEFINE_integer("sync_steps", 50, "Training steps of the tiny lip-sync expert (0 = skip).")
@@ -134,8 +134,9 @@ def _motion_report(trainer, data_dir: Path, target: str, path: Path) -> str:
             + motion_eval.format_report(rep))
 
 
-def _heldout_grid(trainer, path: Path, rows: int = 4) -> None:
-    """source | target | reconstruction for held-out identities (one row each)."""
+def _heldout_grid(trainer, path: Path, rows: int = 4, zoom: int = 2) -> None:
+    """source | target | reconstruction for held-out identities (one row each), each pixel
+    drawn as zoom x zoom (the 64 px faces are small on screen)."""
     import jax
     import numpy as np
     from PIL import Image
@@ -149,6 +150,7 @@ def _heldout_grid(trainer, path: Path, rows: int = 4) -> None:
     recon = np.asarray((np.clip(np.asarray(recon), -1, 1) + 1) * 127.5).round().astype(np.uint8)
     grid = np.concatenate([np.concatenate([batch["source"][i], batch["target"][i], recon[i]], axis=1)
                            for i in range(rows)], axis=0)
+    grid = np.repeat(np.repeat(grid, zoom, axis=0), zoom, axis=1)
     Image.fromarray(grid).save(path)
 
 
@@ -230,8 +232,11 @@ def main(argv) -> None:
         print(f"{stage:10s} window {window:3d}: {shapes}")
 
     if _ANIMATOR_STEPS.value > 0:
+        from configs import animator as animator_configs
+        gan_start = int(animator_configs.get_config("tiny").task.gan_start_step)
         print(f"\n== The tiny animator (GoHD's Generator_Semantic, 64 px) as a self-reconstruction GAN, "
-              f"{_ANIMATOR_STEPS.value} steps (configs/animator.py:tiny)")
+              f"{_ANIMATOR_STEPS.value} steps: reconstruction losses, the GAN from step {gan_start} "
+              f"(configs/animator.py:tiny)")
         result, trainer = _train_animator(data_dir, workdir / "animator", _ANIMATOR_STEPS.value)
         ev = result.eval_metrics
         grid = workdir / "animator_heldout.png"
@@ -239,9 +244,9 @@ def main(argv) -> None:
         gain = ev["eval/psnr"] - ev["eval/psnr_copy_source"]
         print(f"{result.status} at step {result.step}: held-out PSNR {ev['eval/psnr']:.2f} dB; copying the "
               f"source frame gives {ev['eval/psnr_copy_source']:.2f} dB ({gain:+.2f} dB); L1 where target and "
-              f"source differ {ev['eval/changed_l1']:.3f} (copying: {ev['eval/changed_l1_copy_source']:.3f}). "
-              f"1200 steps reach 26.9 dB / 0.185 (BENCHMARKS.md; longer runs: launch/train.py "
-              f"--config=configs/animator.py:tiny)")
+              f"source differ {ev['eval/changed_l1']:.3f} (copying: {ev['eval/changed_l1_copy_source']:.3f}); "
+              f"sharpness (image-gradient energy / the target's) {ev['eval/sharpness']:.2f}. "
+              f"Longer runs: launch/train.py --config=configs/animator.py:tiny (BENCHMARKS.md)")
         print(f"grid        {grid} (rows: held-out identities; columns: source | target | reconstruction)")
 
     for target, steps in (("pose", _POSE_STEPS.value), ("gaze", _GAZE_STEPS.value)):

@@ -168,6 +168,12 @@ def test_identity_init_starts_by_passing_the_source_through():
     rgb = _FWD(model, smooth, sem)["rgb"][0]
     inner = (slice(None), slice(3, -3), slice(3, -3))
     assert float(jnp.abs(rgb - smooth)[inner].max()) < 0.05
+    # with the exact identity grid (release_grid=False) the start is the source itself, border
+    # included, on any image (up to the mask, 1 - 2e-3 at the corners where the upsampled
+    # logits are zero-padded)
+    exact = SemanticAnimator(AnimatorConfig.tiny(identity_init=True, release_grid=False), rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(_FWD(exact, src, sem)["rgb"][0], src, atol=3e-3)
+    assert float(jnp.abs(_FWD(model, src, sem)["rgb"][0] - src).max()) > 0.2  # the release zoom
     official = _FWD(SemanticAnimator(AnimatorConfig.tiny(), rngs=nnx.Rngs(0)), src, sem)
     assert float(jnp.abs(official["flow_raw"][0][..., :2]).mean()) > 0.1
     assert float(jnp.abs(_FWD(SemanticAnimator(AnimatorConfig.tiny(), rngs=nnx.Rngs(0)), smooth, sem)["rgb"][0]

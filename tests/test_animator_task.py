@@ -42,12 +42,33 @@ def test_gan_training_runs_and_reconstruction_improves(synth64, tmp_path):
     assert all(np.isfinite(r[k]) for r in train
                for k in ("loss_g", "loss_d", "loss_gan_g", "loss_ms_ssim", "loss_changed"))
     assert train[-1]["loss_l1"] < train[0]["loss_l1"]  # learning to reconstruct
-    assert train[0]["loss_d"] == 0.0 and train[0]["loss_gan_g"] == 0.0  # warm-up: D not run
+    assert train[0]["loss_d"] == 0.0 and train[0]["loss_gan_g"] == 0.0  # warm-up: gated off
     assert train[1]["loss_d"] == pytest.approx(2 * np.log(2), abs=0.2)  # D just on: logits ~0
     ev = result.eval_metrics
     assert {"eval/psnr", "eval/psnr_copy_source", "eval/l1", "eval/changed_l1",
-            "eval/changed_l1_copy_source"} <= set(ev)
+            "eval/changed_l1_copy_source", "eval/sharpness"} <= set(ev)
     assert 5.0 < ev["eval/psnr"] < 60.0
+
+
+def test_warm_up_leaves_the_discriminator_untouched(synth64, tmp_path):
+    """Before gan_start_step the discriminator's params and Adam state stay bit for bit (the
+    gate selects the old ones); from it on, they move."""
+    cfg = _config(synth64)
+    cfg.task.gan_start_step = 1
+    trainer = Trainer(AnimatorTask(cfg), cfg, tmp_path, mesh=make_mesh(4, 1, devices=jax.devices()[:4]))
+    state = trainer.init_state()
+    batch = trainer._global(next(trainer.data_iterator("train")))
+    leaves = lambda s: jax.tree_util.tree_leaves((s.params["discriminator"], s.opt["discriminator"]))
+    before = [np.asarray(x) for x in leaves(state)]
+    state, metrics = trainer._train_step(state, batch)  # step 0: warm-up
+    assert float(metrics["loss_d"]) == 0.0
+    assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(before, leaves(state)))
+    assert not all(np.array_equal(a, np.asarray(b)) for a, b in
+                   zip(jax.tree_util.tree_leaves(state.params["generator"]),
+                       jax.tree_util.tree_leaves(trainer.init_state().params["generator"])))
+    state, metrics = trainer._train_step(state, batch)  # step 1: adversarial
+    assert float(metrics["loss_d"]) > 0.0
+    assert not all(np.array_equal(a, np.asarray(b)) for a, b in zip(before, leaves(state)))
 
 
 @pytest.mark.slow

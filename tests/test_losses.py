@@ -102,6 +102,11 @@ def test_gradient_loss_matches_numpy():
     d = lambda a, ax: np.diff(a.astype(np.float64), axis=ax)
     want = np.abs(d(x, 1) - d(y, 1)).mean() + np.abs(d(x, 2) - d(y, 2)).mean()
     np.testing.assert_allclose(float(L.gradient_loss(x, y)), want, rtol=1e-5)
+    energy = np.abs(d(x, 1)).mean() + np.abs(d(x, 2)).mean()
+    np.testing.assert_allclose(float(L.gradient_energy(x)), energy, rtol=1e-5)
+    noise = np.random.default_rng(5).uniform(-1, 1, x.shape).astype(np.float32)
+    blurred = (noise + np.roll(noise, 1, axis=2)) / 2  # a 2-tap blur lowers it
+    assert float(L.gradient_energy(blurred)) < 0.9 * float(L.gradient_energy(noise))
 
 
 def _np_ssim_terms(x, y, win=11, sigma=1.5, data_range=2.0):

@@ -283,6 +283,9 @@ def test_grid_sample_align_corners_false_convention():
                                    atol=1e-14)
         ident = W.identity_grid(6, dtype=jnp.float64)[None]
         assert rel(W.grid_sample(jnp.asarray(feat), ident), feat) > 1e-2
+        exact = W.identity_grid(6, 5, dtype=jnp.float64, release=False)[None]  # H 6, W 5
+        wide = np.random.default_rng(9).standard_normal((1, 6, 5, 2))
+        np.testing.assert_allclose(W.grid_sample(jnp.asarray(wide), exact), wide, atol=1e-6)
 
 
 def test_identity_grid_is_float32_rounded_linspace():

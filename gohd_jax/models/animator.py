@@ -72,6 +72,11 @@ class AnimatorConfig:
     Same architecture, another starting point; off for the official init and for loading weights,
     which overwrite it anyway.
 
+    ``release_grid`` (on by default, and what the released weights need): ToFlow's base grid is
+    the release's ``linspace(-1, 1, r)``, a sub-pixel zoom under ``grid_sample`` (``nn/warp.py``).
+    Off: the exact pixel-centre grid, so a zero field copies the features; for training from
+    scratch (``configs/animator.py``).
+
     Channels per resolution: ``channels`` (explicit ``((res, ch), …)`` pairs covering 4 … size)
     or else ``OFFICIAL_CHANNELS`` with the entries at resolution ≥ 64 times
     ``channel_multiplier``, every entry times ``channel_scale`` (rounded, at least 1). Encoder and
@@ -92,6 +97,7 @@ class AnimatorConfig:
     use_sft: bool = True
     sft_min_res: int = 64
     release_sft_wiring: bool = False
+    release_grid: bool = True
     identity_init: bool = False
     blur_kernel: tuple[int, ...] = DEFAULT_BLUR
 
@@ -322,7 +328,7 @@ class Synthesis(nnx.Module):
             convs.append(StyledConv(c_in, c, 3, cfg.style_dim, upsample=True, **kw))
             convs.append(StyledConv(c, c, 3, cfg.style_dim, **kw))
             to_rgbs.append(ToRGB(c, cfg.out_channels, **kw))
-            to_flows.append(ToFlow(c, cfg.style_dim, **kw))
+            to_flows.append(ToFlow(c, cfg.style_dim, release_grid=cfg.release_grid, **kw))
             if cfg.use_sft and r >= cfg.sft_min_res:
                 sft.append(SFTBlock(c, c, cfg.style_dim, **kw))
                 sft_levels.append(level)
@@ -404,11 +410,11 @@ class _WarpingGenerator(nnx.Module):
         maps RGB channel c to features c and c+3 as sqrt(2) lrelu(x_c) and sqrt(2) lrelu(-x_c),
         whose difference is sqrt(2) 1.2 x_c; the top ToRGB reads that difference back, offset by
         2 inside its own leaky ReLU to stay on the linear side, and removes the offset with its
-        output bias; every lower ToRGB starts at zero. The output is then the source, warped by
-        the release's "identity" field: its linspace grid sampled with align_corners=False is a
-        (W-1)/W zoom that blurs by up to half a pixel and halves the border pixels (34 dB inside
-        the border on the 64 px synthetic faces). The other encoder channels keep their random
-        init. Needs >= 6 channels at full resolution.
+        output bias; every lower ToRGB starts at zero. The output is then the source itself with
+        ``release_grid=False``; with the release's grid it is the source zoomed by (W-1)/W, which
+        blurs by up to half a pixel and halves the border pixels (34 dB inside the border on the
+        64 px synthetic faces). The other encoder channels keep their random init. Needs >= 6
+        channels at full resolution.
         """
         first = self.enc.net_app.convs[0]
         c_in = first.conv.in_channels

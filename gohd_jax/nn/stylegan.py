@@ -463,11 +463,14 @@ class ToFlow(nnx.Module):
 
     Returns ``(warped, mask, raw)``: warped = grid_sample(feat, grid)·mask [B,H,W,C_feat],
     mask [B,H,W,1], raw [B,H,W,3] (the pre-activation field the next scale upsamples).
+    ``release_grid``: the official linspace base grid (a sub-pixel zoom, ``nn.warp``); False for
+    the exact identity.
     """
 
     def __init__(self, in_channels: int, style_dim: int, *, upsample: bool = True,
-                 blur_kernel: Sequence[float] = DEFAULT_BLUR, rngs: nnx.Rngs,
-                 param_dtype=jnp.float32):
+                 blur_kernel: Sequence[float] = DEFAULT_BLUR, release_grid: bool = True,
+                 rngs: nnx.Rngs, param_dtype=jnp.float32):
+        self.release_grid = bool(release_grid)
         self.upsample = Upsample(blur_kernel) if upsample else None
         self.conv = ModulatedConv2d(in_channels, 3, 1, style_dim, demodulate=False, rngs=rngs,
                                     param_dtype=param_dtype)
@@ -482,7 +485,8 @@ class ToFlow(nnx.Module):
             if self.upsample is None:
                 raise ValueError("this ToFlow was built with upsample=False; it takes no skip")
             raw = raw + self.upsample(skip)
-        grid = jnp.tanh(raw[..., 0:2]) + identity_grid(x.shape[1], x.shape[2], raw.dtype)
+        grid = jnp.tanh(raw[..., 0:2]) + identity_grid(x.shape[1], x.shape[2], raw.dtype,
+                                                      release=self.release_grid)
         mask = jax.nn.sigmoid(raw[..., 2:3])
         warped = grid_sample(feat.astype(raw.dtype), grid) * mask
         return warped, mask, raw

@@ -7,7 +7,9 @@ pixel coordinate ((g + 1)·W − 1) / 2 (and likewise for y with H); taps outsid
 **rounded to float32** (``torch.tensor(...).float()``), and only then cast to the compute dtype.
 linspace spans pixel centres -1 … 1 while align_corners=False maps ±1 to the outer pixel *edges*,
 a half-pixel mismatch (dossier §11.7) that the released weights were trained with; it is
-reproduced, not fixed.
+reproduced for the released weights. ``identity_grid(..., release=False)`` gives the exact
+identity instead (pixel centres (2i + 1)/W - 1), which a model trained from scratch can use: a
+zero field then copies the features without resampling them.
 """
 
 from __future__ import annotations
@@ -19,11 +21,22 @@ import numpy as np
 __all__ = ["identity_grid", "grid_sample"]
 
 
-def identity_grid(height: int, width: int | None = None, dtype=jnp.float32) -> jax.Array:
-    """[H, W, 2] grid, channel 0 = x (varies along W), channel 1 = y, float32-rounded linspace."""
+def identity_grid(height: int, width: int | None = None, dtype=jnp.float32, *,
+                  release: bool = True) -> jax.Array:
+    """[H, W, 2] grid, channel 0 = x (varies along W), channel 1 = y.
+
+    ``release=True``: the official float32-rounded ``linspace(-1, 1, n)`` (a (n-1)/n zoom under
+    ``grid_sample``); ``release=False``: the pixel centres, which ``grid_sample`` maps back to
+    exactly the input.
+    """
     width = height if width is None else width
-    xs = np.linspace(-1.0, 1.0, width).astype(np.float32)
-    ys = np.linspace(-1.0, 1.0, height).astype(np.float32)
+
+    def axis(n):
+        if release:
+            return np.linspace(-1.0, 1.0, n).astype(np.float32)
+        return ((2.0 * np.arange(n) + 1.0) / n - 1.0).astype(np.float32)
+
+    xs, ys = axis(width), axis(height)
     gx, gy = np.meshgrid(xs, ys)
     return jnp.asarray(np.stack([gx, gy], axis=-1), dtype=dtype)
 
