@@ -1,5 +1,5 @@
-"""Animator benchmarks on this machine: official-size (256 px) forward at batch 1
-(source encoding once, rendering per frame) and the tiny config's train step (batch 8) in its
+"""Animator benchmarks on this machine: official-size (256 px) and tiny forward (parameters and
+GFLOPs of the encoder and decoder, source encoding once, rendering at batch 1, 8 and 32) and the tiny config's train step (batch 8) in its
 reconstruction warm-up and with the GAN on.
 
     .venv/bin/python bench/bench_animator.py [--repeats 5] [--train-repeats 10]
@@ -35,6 +35,13 @@ def best_of(fn, repeats):
     return min(times)
 
 
+def gflops(fn, *args) -> float:
+    """XLA's cost analysis of the compiled ``fn(*args)``, in GFLOPs."""
+    cost = fn.lower(*args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost["flops"]) / 1e9
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--repeats", type=int, default=5)
@@ -42,21 +49,24 @@ def main() -> None:
     args = p.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} "
           f"({jax.devices()[0].platform}); date {time.strftime('%Y-%m-%d')}")
-    print("\n| model | params (M) | encode source, batch 1 (s) | render 1 frame (s) | render 8 frames, one encoding (s) |")
+    print("\n| model | params: encoder / decoder (M) | GFLOPs: encode source / render 1 frame | "
+          "encode source, batch 1 (s) | render frames/s at batch 1 / 8 / 32 (one encoding) |")
     print("|---|---:|---:|---:|---:|")
     for name, cfg in (("official 256 px", AnimatorConfig()), ("tiny 64 px", AnimatorConfig.tiny())):
         model = SemanticAnimator(cfg, rngs=nnx.Rngs(0))
         graphdef, state = nnx.split(model)
-        n = sum(x.size for x in jax.tree_util.tree_leaves(nnx.state(model, nnx.Param))) / 1e6
+        count = lambda m: sum(x.size for x in jax.tree_util.tree_leaves(nnx.state(m, nnx.Param))) / 1e6
         src = jnp.zeros((1, cfg.size, cfg.size, 3))
         encode = jax.jit(lambda s, x: nnx.merge(graphdef, s).encode_source(x))
         render = jax.jit(lambda s, w, f, sem: nnx.merge(graphdef, s).render(w, f, sem)["rgb"][0])
         w, feats = encode(state, src)
-        sem1, sem8 = jnp.zeros((1, 27, 72)), jnp.zeros((8, 27, 72))
+        sems = {b: jnp.zeros((b, 27, 72)) for b in (1, 8, 32)}
+        gflops_enc = gflops(encode, state, src)
+        gflops_frame = gflops(render, state, w, feats, sems[1])
         t_enc = best_of(lambda: encode(state, src), args.repeats)
-        t_r1 = best_of(lambda: render(state, w, feats, sem1), args.repeats)
-        t_r8 = best_of(lambda: render(state, w, feats, sem8), args.repeats)
-        print(f"| {name} | {n:.2f} | {t_enc:.3f} | {t_r1:.3f} | {t_r8:.3f} |")
+        fps = [b / best_of(lambda: render(state, w, feats, sems[b]), args.repeats) for b in sems]
+        print(f"| {name} | {count(model.enc):.2f} / {count(model.dec):.2f} | {gflops_enc:.2f} / "
+              f"{gflops_frame:.2f} | {t_enc:.3f} | {' / '.join(f'{f:.1f}' for f in fps)} |")
     train_steps(args.train_repeats)
 
 

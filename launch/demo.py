@@ -232,17 +232,15 @@ def main(argv) -> None:
         print(f"{stage:10s} window {window:3d}: {shapes}")
 
     if _ANIMATOR_STEPS.value > 0:
-        from configs import animator as animator_configs
-        gan_start = int(animator_configs.get_config("tiny").task.gan_start_step)
         print(f"\n== The tiny animator (GoHD's Generator_Semantic, 64 px) as a self-reconstruction GAN, "
-              f"{_ANIMATOR_STEPS.value} steps: reconstruction losses, the GAN from step {gan_start} "
-              f"(configs/animator.py:tiny)")
+              f"{_ANIMATOR_STEPS.value} steps (configs/animator.py:tiny)")
         result, trainer = _train_animator(data_dir, workdir / "animator", _ANIMATOR_STEPS.value)
         ev = result.eval_metrics
         grid = workdir / "animator_heldout.png"
         _heldout_grid(trainer, grid)
         gain = ev["eval/psnr"] - ev["eval/psnr_copy_source"]
-        print(f"{result.status} at step {result.step}: held-out PSNR {ev['eval/psnr']:.2f} dB; copying the "
+        print(f"{result.status} at step {result.step} (reconstruction losses, the GAN from step "
+              f"{trainer.config.task.gan_start_step}): held-out PSNR {ev['eval/psnr']:.2f} dB; copying the "
               f"source frame gives {ev['eval/psnr_copy_source']:.2f} dB ({gain:+.2f} dB); L1 where target and "
               f"source differ {ev['eval/changed_l1']:.3f} (copying: {ev['eval/changed_l1_copy_source']:.3f}); "
               f"sharpness (image-gradient energy / the target's) {ev['eval/sharpness']:.2f}. "

@@ -32,6 +32,7 @@ from gohd_jax.models.resnet import ResNet50
 __all__ = ["load_state_dict", "deep3d_from_state_dict", "l2cs_from_state_dict", "load_deep3d",
            "load_l2cs", "parity_deep3d_recon", "parity_l2cs"]
 
+
 def _bn(prefix: str, bn: nnx.BatchNorm) -> Iterator[tuple[str, Any, str]]:
     yield f"{prefix}.weight", bn.scale, "copy"
     yield f"{prefix}.bias", bn.bias, "copy"

@@ -101,9 +101,9 @@ class AnimatorTask(Task):
         gan_w = float(self.config.task.loss.gan)
         # The adversarial terms switch on at task.gan_start_step (a reconstruction warm-up). Before
         # it they are computed but gated off: the generator's GAN term is weighted 0 and the
-        # discriminator keeps its old params and Adam state. A gate and not lax.cond: on XLA:CPU a
-        # cond over the train state made the whole step 5x slower (1060 vs 220 ms at the tiny
-        # size); computing the discriminator anyway costs about 10%.
+        # discriminator keeps its old params and Adam state. A gate and not lax.cond: on XLA:CPU
+        # the cond'ed step ran 4x slower with the GAN on (1210 vs 299 ms at the tiny size, batch
+        # 8); computing the unused discriminator in the warm-up costs about 27% (BENCHMARKS.md).
         gan_on = state.step >= int(self.config.task.gan_start_step)
         gate = gan_on.astype(jnp.float32)
 
@@ -128,12 +128,11 @@ class AnimatorTask(Task):
 
             loss_d, d_grads = jax.value_and_grad(d_loss)(state.params["discriminator"])
             updated = ctx.apply_gradients(state, "discriminator", d_grads)
-            keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(gan_on, n, o), new, old)
-            state = state.replace(
-                params={**state.params, "discriminator": keep(updated.params["discriminator"],
-                                                              state.params["discriminator"])},
-                opt={**state.opt, "discriminator": keep(updated.opt["discriminator"],
-                                                        state.opt["discriminator"])})
+            part = lambda s: (s.params["discriminator"], s.opt["discriminator"])  # noqa: E731
+            d_params, d_opt = jax.tree_util.tree_map(lambda n, o: jnp.where(gan_on, n, o),
+                                                     part(updated), part(state))
+            state = state.replace(params={**state.params, "discriminator": d_params},
+                                  opt={**state.opt, "discriminator": d_opt})
             metrics["loss_d"] = gate * loss_d.astype(jnp.float32)
         return state, metrics
 
