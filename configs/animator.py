@@ -11,21 +11,19 @@ Variants:
 
 import ml_collections
 
+from configs import common
+
 
 def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
+    c = common.base()
     c.task_name = "animator"
-    c.seed = 0
     c.batch_size = 8
     c.num_steps = 800
     c.log_every = 50
     c.eval_every = 300
     c.eval_steps = 4
     c.checkpoint_every = 300
-    c.keep_checkpoints = 3
     c.ema_decay = 0.99
-    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
-    c.sharding_rules = ((".*", "fsdp"),)
     c.data = ml_collections.ConfigDict({"dir": "workdir/demo/data/synthetic", "num_workers": 0,
                                         "heldout_fraction": 0.25})
     c.task = ml_collections.ConfigDict()

@@ -26,23 +26,21 @@ Variants (``_tiny``: narrow models that train on CPU in minutes, for ``make demo
 
 import ml_collections
 
+from configs import common
+
 VARIANTS = ("sync", "sync_tiny", "sync_mouth", "sync_mouth_tiny", "stage1", "stage1_tiny", "stage2",
             "stage2_tiny")
 
 
 def _base() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.seed = 0
+    c = common.base()
     c.batch_size = 64
     c.num_steps = 200_000
     c.log_every = 100
     c.eval_every = 5000
     c.eval_steps = 8
     c.checkpoint_every = 5000
-    c.keep_checkpoints = 3
     c.ema_decay = 0.0
-    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
-    c.sharding_rules = ((".*", "fsdp"),)
     c.data = ml_collections.ConfigDict({"dir": "workdir/demo/data/synthetic", "heldout_fraction": 0.25,
                                         "num_workers": 4})
     return c

@@ -16,24 +16,22 @@ official weights). ``task.cond_dropout`` > 0 trains for classifier-free guidance
 
 import ml_collections
 
+from configs import common
+
 
 def get_config(variant: str = "pose_tiny") -> ml_collections.ConfigDict:
     target, _, size = variant.partition("_")
     if target not in ("pose", "gaze") or size not in ("", "tiny"):
         raise ValueError(f"unknown variant {variant!r}: choose pose, gaze, pose_tiny or gaze_tiny")
-    c = ml_collections.ConfigDict()
+    c = common.base()
     c.task_name = "motion_diffusion"
-    c.seed = 0
     c.batch_size = 8
     c.num_steps = 200_000
     c.log_every = 100
     c.eval_every = 5000
     c.eval_steps = 8
     c.checkpoint_every = 5000
-    c.keep_checkpoints = 3
     c.ema_decay = 0.999
-    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
-    c.sharding_rules = ((".*", "fsdp"),)
     c.data = ml_collections.ConfigDict({"dir": "workdir/demo/data/synthetic", "window": 150,
                                         "condition": "mel100", "heldout_fraction": 0.25,
                                         "num_workers": 4})

@@ -8,21 +8,19 @@ Variants: ``tiny`` (CPU, a minute), ``base`` (longer run, bigger batch).
 
 import ml_collections
 
+from configs import common
+
 
 def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
+    c = common.base()
     c.task_name = "mouth_regressor"
-    c.seed = 0
     c.batch_size = 16          # global, split over processes and devices
     c.num_steps = 200
     c.log_every = 20
     c.eval_every = 100         # 0 = never
     c.eval_steps = 4
     c.checkpoint_every = 100
-    c.keep_checkpoints = 3
     c.ema_decay = 0.99         # 0 = no EMA
-    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
-    c.sharding_rules = ((".*", "fsdp"),)
     c.data = ml_collections.ConfigDict({"dir": "workdir/demo/data/synthetic", "window": 8, "num_workers": 0})
     c.task = ml_collections.ConfigDict({"hidden": 128, "learning_rate": 1e-3, "target_dims": (0, 1, 2)})
     if variant == "base":

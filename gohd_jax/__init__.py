@@ -7,3 +7,7 @@ and, as the stage issues land, ``nn``, ``models``, ``diffusion``, ``train``,
 """
 
 __version__ = "0.1.0"
+
+from gohd_jax.platforms import prefer_cpu_without_accelerator as _cpu_unless_accelerator
+
+_cpu_unless_accelerator()

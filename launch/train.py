@@ -3,7 +3,11 @@
     python launch/train.py --config=configs/mouth_regressor.py:tiny --workdir=workdir/mouth \
         [--config.batch_size=32 --config.mesh.fsdp=2 ...]
 
-Rerunning the same command resumes from the latest checkpoint in --workdir.
+Rerunning the same command resumes from the latest checkpoint in --workdir, and, with JAX's
+persistent compilation cache (on by default: ``--config.compile_cache.dir``, default
+$GOHD_COMPILE_CACHE or ~/.cache/gohd_jax/xla; off with ``--config.compile_cache.enabled=False``),
+skips the compiles of the run before.
+
 Several processes (SLURM, TPU pod slice, or by hand): each runs this same
 command; ``jax.distributed.initialize()`` is called when the environment says
 there are several (SLURM_NTASKS > 1, a multi-worker TPU, JAX_COORDINATOR_ADDRESS)
@@ -42,12 +46,22 @@ def _wants_distributed() -> bool:
     return "," in env.get("TPU_WORKER_HOSTNAMES", "")
 
 
+def _start_compile_cache(cfg) -> None:
+    """JAX's persistent compilation cache (``gohd_jax/compile_cache.py``), before any compile."""
+    from gohd_jax import compile_cache
+
+    cc = cfg.get("compile_cache") or {}
+    where = compile_cache.enable(str(cc.get("dir", "") or "") or None, enabled=bool(cc.get("enabled", True)))
+    logging.info("compilation cache: %s", where or "off")
+
+
 def main(argv) -> None:
     del argv
     import jax
 
     if _CPU_DEVICES.value:
         jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value)
+    _start_compile_cache(_CONFIG.value)
     if _wants_distributed():
         if _NPROC.value is not None:
             jax.distributed.initialize(_COORD.value, num_processes=_NPROC.value, process_id=_PID.value)

@@ -10,6 +10,10 @@ import os
 
 import pytest
 
+# The tests' subprocesses (gohd animate, launch/train.py) must not write the user's persistent
+# compilation cache; tests of the cache give their own folder.
+os.environ.setdefault("GOHD_COMPILE_CACHE", "off")
+
 from gohd_jax import shared_data
 
 

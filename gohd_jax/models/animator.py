@@ -24,6 +24,11 @@ scratch. Either way ToRGB reads SFT(warp).
 The encoder features (``feats``) are a tuple ordered smallest first (8², 16², …, S²), the order
 the decoder consumes them; images and fields in the outputs are tuples largest first, as the
 official module returns its image list.
+
+Precision and remat (``gohd_jax.nn.policy``, given with ``policy.apply``): the encoder and the
+decoder compute in the policy's dtype; ``w_s``, the motion code ``alpha``, the directions Q (a
+float32 QR), the latent, flow fields, masks and RGB images are float32. ``remat="blocks"``
+rematerialises each encoder block and each decoder level; ``"full"`` the whole forward too.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
+from gohd_jax.nn.policy import DEFAULT, HIGHEST
 from gohd_jax.nn.stylegan import (DEFAULT_BLUR, ConstantInput, Conv2d, ConvLayer, EqualConv2d,
                                   EqualLinear, ResBlock, SQRT2, StyledConv, ToFlow, ToRGB, leaky_relu,
                                   normal_init, uniform_init)
@@ -163,7 +169,10 @@ class AnimatorConfig:
 # ------------------------------------------------------------------------------------ encoders
 
 class EncoderApp(nnx.Module):
-    """Appearance encoder E: image [B,S,S,C] -> (w [B,D], feats smallest first: 8², …, S²)."""
+    """Appearance encoder E: image [B,S,S,C] -> (w [B,D] float32, feats smallest first: 8², …,
+    S², in the compute dtype)."""
+
+    policy = DEFAULT
 
     def __init__(self, size: int, in_channels: int, style_dim: int, channels: dict[int, int], *,
                  blur_kernel: Sequence[float] = DEFAULT_BLUR, rngs: nnx.Rngs,
@@ -183,17 +192,20 @@ class EncoderApp(nnx.Module):
         if x.ndim != 4 or x.shape[1] != self.size or x.shape[2] != self.size:
             raise ValueError(f"EncoderApp wants images [B,{self.size},{self.size},C] (NHWC), got "
                              f"{tuple(x.shape)}")
+        pol = self.policy
         res = []
-        h = x
-        for conv in self.convs:
-            h = conv(h)
+        h = pol.cast(x)
+        for i, conv in enumerate(self.convs):
+            h = pol.block(conv, h) if isinstance(conv, ResBlock) else conv(h)
             res.append(h)
-        w = res[-1].reshape(x.shape[0], self.style_dim)
+        w = pol.f32(res[-1].reshape(x.shape[0], self.style_dim))
         return w, tuple(res[::-1][2:])
 
 
 class Conv1d(nnx.Module):
     """Plain torch.nn.Conv1d (bias, valid padding, dilation) on [B,T,C]; weight [k, in, out]."""
+
+    policy = DEFAULT
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, dilation: int = 1,
                  rngs: nnx.Rngs, param_dtype=jnp.float32):
@@ -206,8 +218,9 @@ class Conv1d(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         out = lax.conv_general_dilated(x, self.weight[...].astype(x.dtype), (1,), "VALID",
                                        rhs_dilation=(self.dilation,),
-                                       dimension_numbers=("NWC", "WIO", "NWC"))
-        return out + self.bias[...]
+                                       dimension_numbers=("NWC", "WIO", "NWC"),
+                                       precision=self.policy.dot_precision)
+        return out + self.bias[...].astype(out.dtype)
 
 
 class MappingNet(nnx.Module):
@@ -241,6 +254,8 @@ def _apply_fc(fc, x: jax.Array) -> jax.Array:
 class SemanticEncoder(nnx.Module):
     """``Encoder_with_Semantics``: net_app (E), semantics_enc (MappingNet), fc (1024 -> … -> M)."""
 
+    policy = DEFAULT
+
     def __init__(self, cfg: AnimatorConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
         self.net_app = EncoderApp(cfg.size, cfg.in_channels, cfg.style_dim, cfg.channel_map(),
                                   blur_kernel=cfg.blur_kernel, rngs=rngs, param_dtype=param_dtype)
@@ -249,10 +264,13 @@ class SemanticEncoder(nnx.Module):
         self.fc = _motion_fc(2 * cfg.style_dim, cfg.style_dim, cfg.motion_dim, rngs, param_dtype)
 
     def motion(self, w_s: jax.Array, semantics: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """(α [B,M], MappingNet output [B,D]); a batch-1 w_s broadcasts over the semantics."""
-        h = self.semantics_enc(semantics)
+        """(α [B,M], MappingNet output [B,D]), float32; a batch-1 w_s broadcasts over the
+        semantics."""
+        pol = self.policy
+        h = self.semantics_enc(pol.cast(semantics))
         w = jnp.broadcast_to(w_s, (h.shape[0], w_s.shape[-1])).astype(h.dtype)
-        return _apply_fc(self.fc, jnp.concatenate([w, h], axis=-1)), h
+        alpha = _apply_fc(self.fc, jnp.concatenate([w, h], axis=-1))
+        return pol.f32(alpha), pol.f32(h)
 
 
 class LIAEncoder(nnx.Module):
@@ -277,13 +295,16 @@ class Direction(nnx.Module):
         self.weight = nnx.Param(normal_init(rngs, (style_dim, motion_dim), param_dtype))
 
     def __call__(self) -> jax.Array:
+        """Q [D, M] in the parameters' dtype (float32; float64 in parity runs), whatever the
+        compute precision: computed once per set of weights (``render(..., directions=Q)``)."""
         q, _ = jnp.linalg.qr(self.weight[...] + 1e-8, mode="reduced")
         return q
 
     @staticmethod
     def apply(q: jax.Array, alpha: jax.Array) -> jax.Array:
-        """Σ_m α_m q_m: [B,M] -> [B,D]."""
-        return alpha @ q.T.astype(alpha.dtype)
+        """Σ_m α_m q_m: [B,M] -> [B,D], in float32 (or float64) with HIGHEST precision."""
+        dtype = jnp.promote_types(q.dtype, alpha.dtype)
+        return jnp.matmul(alpha.astype(dtype), q.T.astype(dtype), precision=HIGHEST)
 
 
 class SFTBlock(nnx.Module):
@@ -309,7 +330,10 @@ class SFTBlock(nnx.Module):
 
 class Synthesis(nnx.Module):
     """The flow-warping decoder. ``__call__(latent [B,D], feats smallest first)`` -> dict with
-    ``rgb`` and ``flow_raw`` (tuples, largest first), ``mask`` (tuple, largest first)."""
+    ``rgb`` and ``flow_raw`` (tuples, largest first), ``mask`` (tuple, largest first); all
+    float32 (float64 in parity runs). One level per resolution, each a remat block."""
+
+    policy = DEFAULT
 
     def __init__(self, cfg: AnimatorConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
         ch = cfg.channel_map()
@@ -357,28 +381,37 @@ class Synthesis(nnx.Module):
         if len(feats) != len(self.to_flows):
             raise ValueError(f"Synthesis wants {len(self.to_flows)} encoder features (8² … "
                              f"size², smallest first), got {len(feats)}")
-        out = self.conv1(self.input(latent.shape[0], latent.dtype), latent)
+        pol = self.policy
+        out = self.conv1(pol.cast(self.input(latent.shape[0], latent.dtype)), latent)
         rgbs, raws, masks = [], [], []
         skip = skip_flow = None
         for level, feat in enumerate(feats):
-            out = self.convs[2 * level](out, latent)
-            out = self.convs[2 * level + 1](out, latent)
-            warp, mask, skip_flow = self.to_flows[level](out, latent, feat, skip_flow)
-            if level in self.sft_levels:
-                refined = self.sft[self.sft_levels.index(level)](warp, latent)
-                if self.release_sft_wiring:
-                    out = refined + out * (1.0 - (warp + out * (1.0 - mask)))
-                else:
-                    out = refined + out * (1.0 - mask)
-                warp = refined
-            else:
-                out = warp + out * (1.0 - mask)
-            skip = self.to_rgbs[level](warp, skip)
+            out, skip, skip_flow, mask = pol.block(self, out, latent, pol.cast(feat), skip,
+                                                   skip_flow, fn=Synthesis._level, level=level)
             rgbs.append(skip)
             raws.append(skip_flow)
             masks.append(mask)
         return {"rgb": tuple(rgbs[::-1]), "flow_raw": tuple(raws[::-1]),
                 "mask": tuple(masks[::-1])}
+
+    def _level(self, out, latent, feat, skip, skip_flow, *, level: int):
+        """One resolution: two StyledConvs, ToFlow (warp), SFT, ToRGB. Returns the decoder
+        features, the RGB image and the raw field so far, and the mask."""
+        out = self.convs[2 * level](out, latent)
+        out = self.convs[2 * level + 1](out, latent)
+        warp, mask, skip_flow = self.to_flows[level](out, latent, feat, skip_flow)
+        m = mask.astype(out.dtype)
+        if level in self.sft_levels:
+            refined = self.sft[self.sft_levels.index(level)](warp, latent)
+            if self.release_sft_wiring:
+                out = refined + out * (1.0 - (warp + out * (1.0 - m)))
+            else:
+                out = refined + out * (1.0 - m)
+            warp = refined
+        else:
+            out = warp + out * (1.0 - m)
+        skip = self.to_rgbs[level](warp, skip)
+        return out, skip, skip_flow, mask
 
 
 # -------------------------------------------------------------------------------------- models
@@ -393,6 +426,8 @@ def _check_image(x: jax.Array, cfg: AnimatorConfig, what: str) -> None:
 class _WarpingGenerator(nnx.Module):
     """What GoHD's and LIA's generators share: an encoder ``enc`` (with the appearance
     encoder ``enc.net_app``) and the flow-warping decoder ``dec``."""
+
+    policy = DEFAULT
 
     _encoder_cls: type
 
@@ -470,22 +505,29 @@ class SemanticAnimator(_WarpingGenerator):
                              f"{semantics.shape[0]}")
         return self.enc.motion(w_s, semantics.astype(w_s.dtype))
 
-    def render(self, w_s: jax.Array, feats: Sequence[jax.Array],
-               semantics: jax.Array) -> dict[str, Any]:
+    def render(self, w_s: jax.Array, feats: Sequence[jax.Array], semantics: jax.Array,
+               directions: jax.Array | None = None) -> dict[str, Any]:
         """Frames for semantics [B,27,72] from a source encoding (batch B, or 1 shared).
 
+        ``directions``: Q [D,M] from ``directions()``, computed once per set of weights (inference
+        engines pass it, so no QR runs per render call); None computes it here.
         Returns ``rgb`` (tuple of [B,r,r,3], largest first; ``rgb[0]`` is the frame), ``flow_raw``
         and ``mask`` (tuples, largest first), ``alpha`` [B,M], ``latent`` [B,D],
-        ``mapping_out`` [B,D].
+        ``mapping_out`` [B,D]; all float32 (float64 in parity runs).
         """
+        q = self.directions() if directions is None else directions
         alpha, mapping_out = self.motion(w_s, semantics)
-        latent = w_s + Direction.apply(self.directions(), alpha)
+        latent = w_s + Direction.apply(q, alpha)
         out = self.dec(latent, tuple(feats))
         out.update(alpha=alpha, latent=latent, mapping_out=mapping_out)
         return out
 
     def __call__(self, source: jax.Array, semantics: jax.Array) -> dict[str, Any]:
-        """``encode_source`` then ``render``; adds ``w_s`` to the outputs."""
+        """``encode_source`` then ``render``; adds ``w_s`` to the outputs (the training forward;
+        rematerialised whole under ``remat="full"``)."""
+        return self.policy.whole(SemanticAnimator._forward, self, source, semantics)
+
+    def _forward(self, source: jax.Array, semantics: jax.Array) -> dict[str, Any]:
         w_s, feats = self.encode_source(source)
         out = self.render(w_s, feats, semantics)
         out["w_s"] = w_s

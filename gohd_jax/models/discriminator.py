@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gohd_jax.models.animator import resolve_channels
+from gohd_jax.nn.policy import DEFAULT
 from gohd_jax.nn.stylegan import DEFAULT_BLUR, ConvLayer, EqualLinear, ResBlock
 
 __all__ = ["DiscriminatorConfig", "Discriminator", "minibatch_stddev"]
@@ -85,7 +86,12 @@ class Discriminator(nnx.Module):
     Built from a ``DiscriminatorConfig``, or from a size plus keyword overrides, e.g.
     ``Discriminator(64, channels=AnimatorConfig.tiny().channel_map(), rngs=rngs)`` (``channels``
     may be a {resolution: channels} dict or (res, ch) pairs).
+
+    Precision (``gohd_jax.nn.policy``): convolutions in the compute dtype, the minibatch
+    statistics and the logits float32; each ResBlock a remat block.
     """
+
+    policy = DEFAULT
 
     def __init__(self, config: DiscriminatorConfig | int, *, rngs: nnx.Rngs,
                  param_dtype=jnp.float32, **overrides):
@@ -118,12 +124,16 @@ class Discriminator(nnx.Module):
         if x.ndim != 4 or tuple(x.shape[1:]) != (cfg.size, cfg.size, cfg.in_channels):
             raise ValueError(f"Discriminator wants [B,{cfg.size},{cfg.size},{cfg.in_channels}] "
                              f"(NHWC), got {tuple(x.shape)}")
-        out = x
+        return self.policy.whole(Discriminator._forward, self, x)
+
+    def _forward(self, x: jax.Array) -> jax.Array:
+        pol = self.policy
+        out = pol.cast(x)
         for conv in self.convs:
-            out = conv(out)
-        out = minibatch_stddev(out, cfg.stddev_group, cfg.stddev_feat)
-        out = self.final_conv(out)
+            out = pol.block(conv, out) if isinstance(conv, ResBlock) else conv(out)
+        out = minibatch_stddev(pol.f32(out), self.config.stddev_group, self.config.stddev_feat)
+        out = self.final_conv(pol.cast(out))
         out = jnp.transpose(out, (0, 3, 1, 2)).reshape(x.shape[0], -1)  # torch (C, H, W) order
         for layer in self.final_linear:
             out = layer(out)
-        return out
+        return pol.f32(out)

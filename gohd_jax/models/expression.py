@@ -40,6 +40,7 @@ from flax import nnx
 
 from gohd_jax.models.syncnet import AudioEncoder
 from gohd_jax.nn.lstm import LSTM
+from gohd_jax.nn.policy import DEFAULT
 
 __all__ = ["ExpressionConfig", "FrameExpression", "ControlGenerator", "TransformerControlGenerator",
            "TwoStageExpression", "sinusoid_positions"]
@@ -102,7 +103,13 @@ def _torch_linear(rngs: nnx.Rngs, din: int, dout: int, *, zero_bias: bool = Fals
 
 
 class FrameExpression(nnx.Module):
-    """Stage 1. ``__call__(audio [B,T,80,16], exp0 [B,64], controls [B,T,K] | None)`` -> [B,T,64]."""
+    """Stage 1. ``__call__(audio [B,T,80,16], exp0 [B,64], controls [B,T,K] | None)`` -> [B,T,64].
+
+    Precision: the audio encoder and the head compute in the policy's dtype; the audio
+    embedding and the expression are float32. Remat: the encoder's conv blocks ("blocks"), the
+    whole forward ("full")."""
+
+    policy = DEFAULT
 
     def __init__(self, cfg: ExpressionConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -127,15 +134,22 @@ class FrameExpression(nnx.Module):
                              f"got {k}")
         if controls is not None:
             parts.append(controls)
-        return self.mapping1(jnp.concatenate(parts, axis=-1))
+        x = jnp.concatenate([p.astype(audio_em.dtype) for p in parts], axis=-1)
+        return self.policy.f32(self.mapping1(x))
 
     def __call__(self, audio, exp0, controls=None, *, train: bool = False) -> jax.Array:
+        return self.policy.whole(FrameExpression._forward, self, audio, exp0, controls, train=train)
+
+    def _forward(self, audio, exp0, controls=None, *, train: bool = False) -> jax.Array:
         return self.head(self.embed_audio(audio, train=train), exp0, controls)
 
 
 class ControlGenerator(nnx.Module):
     """Stage 2. ``__call__(audio_em [B,T,A], exp0 [B,E], control0 [B,21], noise [B,T-1,N])`` ->
-    controls [B,T,21] (row 0 = control0). ``noise`` is z_1 .. z_{T-1}; ``sample`` draws it."""
+    controls [B,T,21] (row 0 = control0). ``noise`` is z_1 .. z_{T-1}; ``sample`` draws it.
+    The LSTM's state and the controls are float32 (``nn.lstm``); remat per time step."""
+
+    policy = DEFAULT
 
     def __init__(self, cfg: ExpressionConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -159,8 +173,8 @@ class ControlGenerator(nnx.Module):
         inputs = jnp.concatenate([steps, jnp.broadcast_to(c0[:, None], (b, t - 1, c0.shape[-1])),
                                   jnp.broadcast_to(exp0[:, None], (b, t - 1, exp0.shape[-1])), noise], axis=-1)
         h, _ = self.lstm(inputs)
-        out = self._mlp(self.output, h + c0[:, None])
-        return jnp.concatenate([control0[:, None], out], axis=1)
+        out = self.policy.f32(self._mlp(self.output, h + c0[:, None]))
+        return jnp.concatenate([control0[:, None].astype(out.dtype), out], axis=1)
 
     def sample(self, audio_em, exp0, control0, key: jax.Array, *, train: bool = False) -> jax.Array:
         del train  # no dropout in this generator
@@ -214,6 +228,8 @@ class TransformerControlGenerator(nnx.Module):
     [B,T,H], dropout_key=None)`` -> controls [B,T,21] (every row generated; exp0 is not read, as
     in the release). ``dropout_key`` given = training (dropout on)."""
 
+    policy = DEFAULT
+
     def __init__(self, cfg: ExpressionConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         self.control_encoder = nnx.List([_torch_linear(rngs, cfg.control_dim, cfg.control_hidden),
@@ -234,8 +250,8 @@ class TransformerControlGenerator(nnx.Module):
         x = noise + sinusoid_positions(t, self.cfg.hidden)[None] + c0
         keys = [None] * len(self.layers) if dropout_key is None else jax.random.split(dropout_key, len(self.layers))
         for layer, k in zip(self.layers, keys):
-            x = layer(x, audio_em, k)
-        return ControlGenerator._mlp(self.output, self.norm(x) + c0)
+            x = self.policy.block(layer, x, audio_em, k)
+        return self.policy.f32(ControlGenerator._mlp(self.output, self.norm(x) + c0))
 
     def sample(self, audio_em, exp0, control0, key: jax.Array, *, train: bool = False) -> jax.Array:
         b, t = audio_em.shape[:2]

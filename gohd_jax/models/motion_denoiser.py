@@ -17,6 +17,11 @@ float32 from torch; ``s f_d`` reaches ~1.5e6, so a 1-ulp difference in ``f_d`` m
 ``step_table`` rounds f_d correctly (float64 pow, then float32), which reproduces the official
 table to ~6e-8; an exact table (the oracles store it as ``diffusion_embedding_table``) can still
 be installed with ``set_step_table``.
+
+Precision and remat (``gohd_jax.nn.policy``): the residual stack computes in the policy's dtype;
+the step table, the sum of skips and the predicted noise are float32 (the sampler's state never
+leaves float32). ``remat="blocks"``: each residual layer is a remat block; ``"full"``: the whole
+forward too.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from gohd_jax.nn.policy import DEFAULT
 from gohd_jax.nn.tisa import Conv1d, TisaTransformer
 
 __all__ = ["MotionDenoiserConfig", "StepTable", "step_table", "DiffusionEmbedding",
@@ -144,6 +150,8 @@ class MotionDenoiser(nnx.Module):
     ``res0_skip``, ``skip_sum_scaled``.
     """
 
+    policy = DEFAULT
+
     def __init__(self, cfg: MotionDenoiserConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
         self.cfg = cfg
         r = cfg.residual_channels
@@ -166,8 +174,14 @@ class MotionDenoiser(nnx.Module):
         self.diffusion_embedding.embedding.value = table
 
     def __call__(self, x, step, local_cond, global_cond=None, *, return_intermediates=False):
+        return self.policy.whole(MotionDenoiser._forward, self, x, step, local_cond, global_cond,
+                                 return_intermediates=return_intermediates)
+
+    def _forward(self, x, step, local_cond, global_cond=None, *, return_intermediates=False):
+        pol = self.policy
+        out_dtype = pol.f32(x).dtype
         b, t, _ = x.shape
-        h = jax.nn.relu(self.input_projection(x))
+        h = jax.nn.relu(self.input_projection(pol.cast(x)))
         emb = self.diffusion_embedding(step)
         if emb.shape[0] == 1 and b != 1:
             emb_b = jnp.broadcast_to(emb, (b, emb.shape[1]))
@@ -181,16 +195,19 @@ class MotionDenoiser(nnx.Module):
             if g.ndim == 2:
                 g = jnp.broadcast_to(g[:, None, :], (b, t, g.shape[-1]))
             cond = jnp.concatenate([local_cond, g], axis=-1)
+        cond = pol.cast(cond)
         inter = {"step_embedding": emb}
         skip = None
         for i, layer in enumerate(self.residual_layers):
-            h, s = layer(h, emb_b, cond)
+            h, s = pol.block(layer, h, emb_b, cond)
+            s = pol.f32(s)  # the skips are summed in float32
             skip = s if skip is None else s + skip
             if i == 0:
                 inter["res0_x"], inter["res0_skip"] = h, s
         z = skip / math.sqrt(len(self.residual_layers))
         inter["skip_sum_scaled"] = z
-        eps = self.output_projection(jax.nn.relu(self.skip_projection(z)))
+        eps = self.output_projection(jax.nn.relu(self.skip_projection(pol.cast(z))))
+        eps = eps.astype(out_dtype)
         return (eps, inter) if return_intermediates else eps
 
 

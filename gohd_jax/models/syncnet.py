@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from gohd_jax.nn.policy import DEFAULT, Policy
 from jax import lax
 
 __all__ = ["ConvBlock", "AudioEncoder", "FaceEncoder", "SyncNet", "SyncNetConfig", "MouthSyncNet",
@@ -91,13 +93,19 @@ class _Encoder(nnx.Module):
                                     param_dtype=param_dtype))
         self.blocks = nnx.List(blocks)
 
+    policy = DEFAULT
+
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        """Computes in the policy's dtype (each conv block a remat block); the embedding is
+        float32."""
+        pol = self.policy
+        x = pol.cast(x)
         for block in self.blocks:
-            x = block(x, train=train)
+            x = pol.block(block, x, train=train)
         if x.shape[1:3] != (1, 1):
             raise ValueError(f"{type(self).__name__} ends at {x.shape[1]}x{x.shape[2]}, not 1x1: "
                              f"the input has the wrong size (see the class docstring)")
-        return x.reshape(x.shape[0], -1)
+        return pol.f32(x.reshape(x.shape[0], -1))
 
 
 class AudioEncoder(_Encoder):
@@ -206,7 +214,8 @@ class MouthSyncNet(nnx.Module):
 
 
 def _l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-    """torch.nn.functional.normalize(p=2, dim=1): x / max(|x|, eps)."""
+    """torch.nn.functional.normalize(p=2, dim=1): x / max(|x|, eps), in float32 (or float64)."""
+    x = Policy.f32(x)
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 

@@ -33,6 +33,8 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
+from gohd_jax.nn.policy import DEFAULT
+
 __all__ = ["VGGWeight", "VGG19Features", "VGG19_CONVS", "SLICE_NAMES", "IMAGENET_MEAN",
            "IMAGENET_STD"]
 
@@ -104,7 +106,12 @@ class VGG19Features(nnx.Module):
     (relu1_1, relu2_1, relu3_1, relu4_1, relu5_1) with shapes [B, H/2**k, W/2**k, C_k],
     C = (64, 128, 256, 512, 512), k = 0..4, sizes rounded down. A slice whose spatial size
     rounds to 0 (an input side under 16 px) comes back with a zero-sized axis.
+
+    With a policy (``gohd_jax.nn.policy.apply``) and no explicit ``dtype``, the convolutions run
+    in the policy's compute dtype (the perceptual loss itself is summed in float32).
     """
+
+    policy = DEFAULT
 
     def __init__(self, *, rngs: nnx.Rngs | None = None, params: Mapping[str, np.ndarray] | None = None,
                  dtype=None, param_dtype=jnp.float32):
@@ -132,6 +139,8 @@ class VGG19Features(nnx.Module):
         if x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"VGG19Features expects [B, H, W, 3] RGB images, got shape {x.shape}")
         dtype = self.dtype or (x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32)
+        if self.dtype is None and self.policy.low_precision and dtype == jnp.float32:
+            dtype = self.policy.compute_dtype
         h = self.normalize(x.astype(dtype))
         outs = []
         for step in _PROGRAM:

@@ -17,6 +17,11 @@ in float64 (the parity route, where XLA:CPU has no fast dilated kernel) by its o
 
 Float64: every layer follows the dtype of its input and parameters, so a model loaded with
 float64 weights and fed float64 inputs (under ``jax.enable_x64``) runs in float64 throughout.
+
+Precision (``gohd_jax.nn.policy``): layers compute in the dtype of their input (the model casts
+its input to the policy's compute dtype) with the policy's matmul precision; what must stay
+float32 does so explicitly: the modulation styles and demodulation statistics (HIGHEST), the
+flow field, sampling grid, mask and warp (``ToFlow``), and the RGB image path (``ToRGB``).
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax import lax
+
+from gohd_jax.nn.policy import DEFAULT, HIGHEST
 
 __all__ = [
     "DEFAULT_BLUR", "fused_leaky_relu", "leaky_relu", "upfirdn2d", "conv2d", "conv_transpose2d",
@@ -95,22 +102,27 @@ def upfirdn2d(x: jax.Array, kernel: Sequence[float] = DEFAULT_BLUR, *, up: int =
 
 
 def conv2d(x: jax.Array, w: jax.Array, stride: int = 1, padding: int | tuple = 0,
-           dilation: int = 1) -> jax.Array:
-    """Cross-correlation like F.conv2d: x [B,H,W,I], w [kh,kw,I,O]; symmetric int padding."""
+           dilation: int = 1, *, precision=None) -> jax.Array:
+    """Cross-correlation like F.conv2d: x [B,H,W,I], w [kh,kw,I,O]; symmetric int padding.
+    Computes in x's dtype (w is cast to it)."""
     if isinstance(padding, int):
         padding = ((padding, padding), (padding, padding))
     return lax.conv_general_dilated(x, w.astype(x.dtype), (stride, stride), padding,
-                                    rhs_dilation=(dilation, dilation), dimension_numbers=_DN)
+                                    rhs_dilation=(dilation, dilation), dimension_numbers=_DN,
+                                    precision=precision)
 
 
-def conv_transpose2d(x: jax.Array, w: jax.Array, stride: int = 2, *, method: str = "auto") -> jax.Array:
+def conv_transpose2d(x: jax.Array, w: jax.Array, stride: int = 2, *, method: str = "auto",
+                     platform: str | None = None, precision=None) -> jax.Array:
     """PyTorch ``F.conv_transpose2d(x, W, stride=stride, padding=0)`` in NHWC.
 
     ``w`` is HWIO with ``w[h, w, i, o] = W[i, o, h, w]`` (what ModulatedConv2d stores: the torch
     weight [1, O, I, k, k] transposed to [k, k, I, O]). Output size per axis: (n - 1)·s + k.
     out[s·m + p] = Σ_j x[m - j] · w[p + s·j]. ``method``: "dilated" = one correlation of the
     zero-dilated input with the flipped kernel; "phases" = one ordinary convolution per output
-    phase p, interleaved; "auto" = phases on CPU and for float64, dilated elsewhere. On XLA:CPU
+    phase p, interleaved; "auto" = phases for a CPU program and for float64, dilated elsewhere.
+    ``platform`` is the backend the program is compiled for (``Policy.target``; default the
+    host's): a TPU or GPU program compiled on a CPU machine must get the dilated form. On XLA:CPU
     the dilated form's weight gradient takes a slow generic path (50-100x its forward: 188 ms vs
     2.5 ms at [8,32,32,64] -> 32 channels, 1 core), and float64 dilated convs are slow too.
     """
@@ -121,12 +133,14 @@ def conv_transpose2d(x: jax.Array, w: jax.Array, stride: int = 2, *, method: str
     s = stride
     out_h, out_w = (h - 1) * s + kh, (wd - 1) * s + kw
     if method == "auto":
-        method = "phases" if x.dtype == jnp.float64 or jax.default_backend() == "cpu" else "dilated"
+        target = platform or jax.default_backend()
+        method = "phases" if x.dtype == jnp.float64 or target == "cpu" else "dilated"
     if method == "dilated":
         # Dilated input, full padding, flipped kernel: one op (fast to compile, cuDNN/oneDNN).
         return lax.conv_general_dilated(x, w[::-1, ::-1].astype(x.dtype), (1, 1),
                                         ((kh - 1, kh - 1), (kw - 1, kw - 1)),
-                                        lhs_dilation=(s, s), dimension_numbers=_DN)
+                                        lhs_dilation=(s, s), dimension_numbers=_DN,
+                                        precision=precision)
     m_h, m_w = -(-out_h // s), -(-out_w // s)
     rows = []
     for py in range(s):
@@ -142,7 +156,7 @@ def conv_transpose2d(x: jax.Array, w: jax.Array, stride: int = 2, *, method: str
                     # XLA:CPU runs float64 convs whose padding grows the image on a slow generic
                     # path (~100x); the barrier keeps XLA from folding the pad into the conv.
                     xp = lax.optimization_barrier(xp)
-                ph = conv2d(xp, sub[::-1, ::-1])
+                ph = conv2d(xp, sub[::-1, ::-1], precision=precision)
                 ph = jnp.pad(ph, ((0, 0), (0, m_h - ph.shape[1]), (0, m_w - ph.shape[2]), (0, 0)))
             cols.append(ph)
         rows.append(jnp.stack(cols, axis=3))  # [B, m_h, m_w, s(px), O]
@@ -186,6 +200,8 @@ def _uniform(rngs: nnx.Rngs, shape, bound: float, dtype) -> jax.Array:
 class EqualConv2d(nnx.Module):
     """Equal-lr conv: weight [k,k,I,O] ~ N(0,1), scaled by 1/sqrt(I·k²) in the forward pass."""
 
+    policy = DEFAULT
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1,
                  padding: int = 0, use_bias: bool = True, rngs: nnx.Rngs,
                  param_dtype=jnp.float32):
@@ -198,9 +214,10 @@ class EqualConv2d(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((out_channels,), param_dtype)) if use_bias else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        out = conv2d(x, self.weight[...] * self.scale, self.stride, self.padding)
+        out = conv2d(x, self.weight[...] * self.scale, self.stride, self.padding,
+                     precision=self.policy.dot_precision)
         if self.bias is not None:
-            out = out + self.bias[...]
+            out = out + self.bias[...].astype(out.dtype)
         return out
 
 
@@ -208,7 +225,10 @@ class EqualLinear(nnx.Module):
     """Equal-lr linear: weight [in, out] ~ N(0,1)/lr_mul, times lr_mul/sqrt(in) when applied.
 
     ``activation='fused_lrelu'`` applies fused_leaky_relu with the (lr_mul-scaled) bias.
+    Computes in x's dtype.
     """
+
+    policy = DEFAULT
 
     def __init__(self, in_dim: int, out_dim: int, *, use_bias: bool = True, bias_init: float = 0.0,
                  lr_mul: float = 1.0, activation: str | None = None, rngs: nnx.Rngs,
@@ -224,8 +244,9 @@ class EqualLinear(nnx.Module):
                      else None)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        out = x @ (self.weight[...] * self.scale).astype(x.dtype)
-        bias = None if self.bias is None else self.bias[...] * self.lr_mul
+        out = jnp.matmul(x, (self.weight[...] * self.scale).astype(x.dtype),
+                         precision=self.policy.dot_precision)
+        bias = None if self.bias is None else (self.bias[...] * self.lr_mul).astype(out.dtype)
         if self.activation:
             return fused_leaky_relu(out, 0.0 if bias is None else bias)
         return out if bias is None else out + bias
@@ -238,7 +259,7 @@ class FusedLeakyReLU(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((channels,), param_dtype))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return fused_leaky_relu(x, self.bias[...])
+        return fused_leaky_relu(x, self.bias[...].astype(x.dtype))
 
 
 class Blur(nnx.Module):
@@ -270,6 +291,8 @@ class Upsample(nnx.Module):
 class Conv2d(nnx.Module):
     """A plain (not equal-lr) conv with bias, initialised like torch.nn.Conv2d."""
 
+    policy = DEFAULT
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, padding: int = 0,
                  use_bias: bool = True, rngs: nnx.Rngs, param_dtype=jnp.float32):
         self.padding = padding
@@ -280,8 +303,8 @@ class Conv2d(nnx.Module):
                      else None)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        out = conv2d(x, self.weight[...], padding=self.padding)
-        return out if self.bias is None else out + self.bias[...]
+        out = conv2d(x, self.weight[...], padding=self.padding, precision=self.policy.dot_precision)
+        return out if self.bias is None else out + self.bias[...].astype(out.dtype)
 
 
 class ModulatedConv2d(nnx.Module):
@@ -293,7 +316,12 @@ class ModulatedConv2d(nnx.Module):
     convolution, batched over samples with one shared kernel. Upsampling: stride-2 transposed
     conv, then Blur(pad ((p+1)//2+1, p//2+1), kernel ×4) with p = len(k) - 2 - (k - 1);
     downsampling: Blur(pad ((p+1)//2, p//2)), p = len(k) - 2 + (k - 1), then a stride-2 conv.
+
+    Precision: the styles s and the demodulation d are float32 (d's sum with HIGHEST); the
+    convolution runs in x's dtype.
     """
+
+    policy = DEFAULT
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, style_dim: int, *,
                  demodulate: bool = True, upsample: bool = False, downsample: bool = False,
@@ -323,18 +351,22 @@ class ModulatedConv2d(nnx.Module):
                                       param_dtype=param_dtype)
 
     def __call__(self, x: jax.Array, style: jax.Array) -> jax.Array:
-        s = self.modulation(style).astype(x.dtype)  # [B, I]
-        w = self.weight[...].astype(x.dtype) * self.scale  # [k, k, I, O]
-        x = x * s[:, None, None, :]
+        pol = self.policy
+        s32 = self.modulation(pol.f32(style))  # [B, I], float32 (float64 in parity)
+        w32 = self.weight[...] * self.scale  # [k, k, I, O]
+        w = w32.astype(x.dtype)
+        x = x * s32.astype(x.dtype)[:, None, None, :]
+        prec = pol.dot_precision
         if self.upsample:
-            out = conv_transpose2d(x, w, stride=2)
+            out = conv_transpose2d(x, w, stride=2, platform=pol.target, precision=prec)
         elif self.downsample:
-            out = conv2d(self.blur(x), w, stride=2)
+            out = conv2d(self.blur(x), w, stride=2, precision=prec)
         else:
-            out = conv2d(x, w, padding=self.padding)
+            out = conv2d(x, w, padding=self.padding, precision=prec)
         if self.demodulate:
-            d = lax.rsqrt((s * s) @ jnp.sum(w * w, axis=(0, 1)) + self.eps)  # [B, O]
-            out = out * d[:, None, None, :]
+            w2 = jnp.sum(w32.astype(s32.dtype) ** 2, axis=(0, 1))  # [I, O]
+            d = lax.rsqrt(jnp.matmul(s32 * s32, w2, precision=HIGHEST) + self.eps)  # [B, O]
+            out = out * d.astype(out.dtype)[:, None, None, :]
         if self.upsample:
             out = self.blur(out)
         return out
@@ -349,7 +381,7 @@ class NoiseInjection(nnx.Module):
     def __call__(self, x: jax.Array, noise: jax.Array | None = None) -> jax.Array:
         if noise is None:
             return x
-        return x + self.weight[...] * noise
+        return x + (self.weight[...] * noise).astype(x.dtype)
 
 
 class ConstantInput(nnx.Module):
@@ -438,7 +470,9 @@ class ResBlock(nnx.Module):
 
 class ToRGB(nnx.Module):
     """GoHD/LIA ToRGB: a *non-modulated* 1x1 ConvLayer (with its FusedLeakyReLU) + bias
-    + the ×2-upsampled previous image."""
+    + the ×2-upsampled previous image. The image (3 channels) is float32 whatever the policy."""
+
+    policy = DEFAULT
 
     def __init__(self, in_channels: int, out_channels: int = 3, *, upsample: bool = True,
                  blur_kernel: Sequence[float] = DEFAULT_BLUR, rngs: nnx.Rngs,
@@ -449,7 +483,7 @@ class ToRGB(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((out_channels,), param_dtype))
 
     def __call__(self, x: jax.Array, skip: jax.Array | None = None) -> jax.Array:
-        out = self.conv(x) + self.bias[...]
+        out = self.policy.f32(self.conv(x)) + self.bias[...]
         if skip is not None:
             if self.upsample is None:
                 raise ValueError("this ToRGB was built with upsample=False; it takes no skip")
@@ -465,7 +499,13 @@ class ToFlow(nnx.Module):
     mask [B,H,W,1], raw [B,H,W,3] (the pre-activation field the next scale upsamples).
     ``release_grid``: the official linspace base grid (a sub-pixel zoom, ``nn.warp``); False for
     the exact identity.
+
+    Precision: the field (its 1x1 conv included: C -> 3 channels, cheap), grid, mask and warp are
+    float32 whatever the policy (the warp turns the field's rounding into pixel offsets scaled by
+    W/2); ``warped`` is returned in the compute dtype of ``x``.
     """
+
+    policy = DEFAULT
 
     def __init__(self, in_channels: int, style_dim: int, *, upsample: bool = True,
                  blur_kernel: Sequence[float] = DEFAULT_BLUR, release_grid: bool = True,
@@ -480,7 +520,8 @@ class ToFlow(nnx.Module):
                  skip: jax.Array | None = None):
         from gohd_jax.nn.warp import identity_grid, grid_sample
 
-        raw = self.conv(x, style) + self.bias[...].astype(x.dtype)
+        f32 = self.policy.f32
+        raw = self.conv(f32(x), style) + self.bias[...].astype(f32(x).dtype)  # a float32 conv
         if skip is not None:
             if self.upsample is None:
                 raise ValueError("this ToFlow was built with upsample=False; it takes no skip")
@@ -488,5 +529,5 @@ class ToFlow(nnx.Module):
         grid = jnp.tanh(raw[..., 0:2]) + identity_grid(x.shape[1], x.shape[2], raw.dtype,
                                                       release=self.release_grid)
         mask = jax.nn.sigmoid(raw[..., 2:3])
-        warped = grid_sample(feat.astype(raw.dtype), grid) * mask
+        warped = (grid_sample(feat, grid) * mask).astype(x.dtype)
         return warped, mask, raw

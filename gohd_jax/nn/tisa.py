@@ -18,6 +18,10 @@ Behaviour of the official release that is reproduced on purpose:
   padding = dilation) ReLU Conv1d(k=3, same).
 * LayerNorm is torch's ``nn.LayerNorm`` (eps 1e-5, biased variance). Dropout is omitted (the
   official model runs in eval mode for inference).
+
+Precision (``gohd_jax.nn.policy``): projections, convolutions and the attention products run in
+the input's (compute) dtype; the attention scores are accumulated in float32, the TISA position
+bias and the softmax are float32, and LayerNorm statistics are float32.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from gohd_jax.nn.policy import DEFAULT
+
 __all__ = ["TisaSlopes", "Conv1d", "LayerNorm", "tisa_slopes", "TisaBias", "GatedAttention",
            "LinearFeedForward", "ConvFeedForward", "AttnBlock", "TisaTransformer"]
 
@@ -37,7 +43,10 @@ class TisaSlopes(nnx.Variable):
 
 
 class Conv1d(nnx.Module):
-    """Channels-last 1-D convolution; kernel ``[k, in, out]`` (torch ``(out, in, k)`` transposed)."""
+    """Channels-last 1-D convolution; kernel ``[k, in, out]`` (torch ``(out, in, k)`` transposed).
+    Computes in x's dtype."""
+
+    policy = DEFAULT
 
     def __init__(self, in_features: int, out_features: int, kernel_size: int = 1, *,
                  dilation: int = 1, padding: int = 0, use_bias: bool = True,
@@ -50,21 +59,25 @@ class Conv1d(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((out_features,), param_dtype)) if use_bias else None
 
     def __call__(self, x):
-        w = self.kernel[...]
+        w = self.kernel[...].astype(x.dtype)
+        prec = self.policy.dot_precision
         if self.kernel_size == 1:
-            y = x @ w[0]
+            y = jnp.matmul(x, w[0], precision=prec)
         else:
             y = jax.lax.conv_general_dilated(
                 x, w, window_strides=(1,), padding=[(self.padding, self.padding)],
                 rhs_dilation=(self.dilation,), dimension_numbers=("NWC", "WIO", "NWC"),
-                precision=jax.lax.Precision.HIGHEST)
+                precision=prec)
         if self.bias is not None:
-            y = y + self.bias[...]
+            y = y + self.bias[...].astype(y.dtype)
         return y
 
 
 class LayerNorm(nnx.Module):
-    """torch ``nn.LayerNorm``: (x - mean) / sqrt(var + eps) * weight + bias, biased variance."""
+    """torch ``nn.LayerNorm``: (x - mean) / sqrt(var + eps) * weight + bias, biased variance.
+    Statistics and the affine map in float32 (float64 in parity runs); returns x's dtype."""
+
+    policy = DEFAULT
 
     def __init__(self, features: int, eps: float = 1e-5, *, param_dtype=jnp.float32):
         self.eps = eps
@@ -72,10 +85,12 @@ class LayerNorm(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((features,), param_dtype))
 
     def __call__(self, x):
-        mean = jnp.mean(x, axis=-1, keepdims=True)
-        xc = x - mean
+        x32 = self.policy.f32(x)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        xc = x32 - mean
         var = jnp.mean(xc * xc, axis=-1, keepdims=True)
-        return xc * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
+        y = xc * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
+        return y.astype(x.dtype)
 
 
 def tisa_slopes(num_heads: int, min_field_view: float = 5.0, max_field_view: float = 75.0,
@@ -121,6 +136,8 @@ class TisaBias(nnx.Module):
 class GatedAttention(nnx.Module):
     """GatedAttn: fused bias-free [k, v | q] projection, TISA-biased softmax attention, a*sigmoid(b)."""
 
+    policy = DEFAULT
+
     def __init__(self, d_model: int, num_heads: int, *, num_kernels: int = 21,
                  max_field_view: float = 75.0, min_field_view: float = 5.0, rngs: nnx.Rngs,
                  param_dtype=jnp.float32):
@@ -138,10 +155,13 @@ class GatedAttention(nnx.Module):
         h, dh = self.num_heads, c // self.num_heads
         proj = self.in_proj(x)
         k, v, q = (proj[..., i * c:(i + 1) * c].reshape(b, t, h, dh) for i in range(3))
-        w = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision=jax.lax.Precision.HIGHEST)
-        w = w / jnp.sqrt(jnp.float32(dh)) + self.position_scorer(t)[None]
-        w = jax.nn.softmax(w, axis=-1)
-        y = jnp.einsum("bhqk,bkhd->bqhd", w, v, precision=jax.lax.Precision.HIGHEST)
+        pol = self.policy
+        acc = pol.f32(q).dtype  # scores accumulate in float32 (float64 in parity runs)
+        w = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision=pol.dot_precision,
+                       preferred_element_type=acc)
+        w = w / jnp.sqrt(jnp.asarray(dh, acc)) + self.position_scorer(t)[None]
+        w = jax.nn.softmax(w, axis=-1).astype(v.dtype)
+        y = jnp.einsum("bhqk,bkhd->bqhd", w, v, precision=pol.dot_precision)
         y = self.gate(y.reshape(b, t, c))
         a, g = jnp.split(y, 2, axis=-1)
         return a * jax.nn.sigmoid(g)

@@ -46,7 +46,8 @@ def grid_sample(feat: jax.Array, grid: jax.Array) -> jax.Array:
 
     feat [B, H, W, C] (or [1, H, W, C]: one feature map shared by every grid in the batch,
     never materialised B times); grid [B, Ho, Wo, 2] with (x, y) in the last axis.
-    Returns [B, Ho, Wo, C] in the grid's dtype (feat is cast to it).
+    Returns [B, Ho, Wo, C] in the grid's dtype: the taps are gathered in feat's dtype (bfloat16
+    features stay bfloat16 in memory) and weighted and summed in the grid's (float32).
     """
     if feat.ndim != 4 or grid.ndim != 4 or grid.shape[-1] != 2:
         raise ValueError(f"grid_sample wants feat [B,H,W,C] and grid [B,Ho,Wo,2]; got "
@@ -56,7 +57,6 @@ def grid_sample(feat: jax.Array, grid: jax.Array) -> jax.Array:
     if bf not in (1, b):
         raise ValueError(f"grid_sample: feature batch {bf} must be 1 or the grid batch {b}")
     dtype = grid.dtype
-    feat = feat.astype(dtype)
     ix = ((grid[..., 0] + 1) * w - 1) / 2
     iy = ((grid[..., 1] + 1) * h - 1) / 2
     x0 = jnp.floor(ix)
@@ -77,7 +77,7 @@ def grid_sample(feat: jax.Array, grid: jax.Array) -> jax.Array:
             vals = flat[0][idx]  # [B, Ho*Wo, C]
         else:
             vals = jax.vmap(lambda f, i: f[i])(flat, idx)
-        return vals.reshape(b, ho, wo, c) * weight[..., None]
+        return vals.reshape(b, ho, wo, c).astype(dtype) * weight[..., None]
 
     # Same order of accumulation as torch: nw + ne + sw + se.
     return (tap(y0, x0, wy0 * wx0) + tap(y0, x0 + 1, wy0 * wx1)

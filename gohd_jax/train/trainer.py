@@ -15,7 +15,14 @@ Config fields it reads (see ``configs/mouth_regressor.py`` for a full example)::
 
     seed, batch_size (global), num_steps, log_every, eval_every, eval_steps,
     checkpoint_every, keep_checkpoints, ema_decay, mesh.data, mesh.fsdp,
-    sharding_rules (tuple of (regex, "replicate"|"fsdp")), data.num_workers
+    sharding_rules (tuple of (regex, "replicate"|"fsdp")), data.num_workers,
+    precision, remat (``configs/common.py``; the policy follows the platform of the
+    mesh's devices, which for ``gohd-aot`` is the compile target, not the host)
+
+At the first step the compiled step's memory analysis is logged (per device:
+arguments, outputs, temporaries, aliased, peak), as MaxText does, and every step
+runs inside ``jax.profiler.StepTraceAnnotation("train", step_num=...)`` so that
+profiles (``jax.profiler.trace``) show one region per step.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import numpy as np
 from flax import nnx
 
 from data_pipelines import pipelines
+from gohd_jax.nn import policy as policy_lib
 from gohd_jax.parallel import host_to_global, make_mesh, param_shardings
 from gohd_jax.train.checkpoint import Checkpointer, abstract_like
 from gohd_jax.train.metrics import MetricWriter, Throughput, log_line
@@ -66,7 +74,8 @@ class Trainer:
             raise ValueError(f"batch_size {gb} must divide evenly over the mesh's {self.mesh.size} devices "
                              f"and {self.process_count} processes")
         self.global_batch, self.host_batch = gb, gb // self.process_count
-        abstract_models = nnx.eval_shape(lambda: task.create_models(nnx.Rngs(0)))
+        self.policy = policy_lib.from_config(config, platform=policy_lib.platform_of(self.mesh))
+        abstract_models = nnx.eval_shape(lambda: self._create_models(nnx.Rngs(0)))
         graphdefs = {n: nnx.split(m)[0] for n, m in abstract_models.items()}
         self.ctx = StepContext(graphdefs=graphdefs, optimizers=task.optimizers())
         self.ema_decay = float(config.get("ema_decay", 0.0))
@@ -82,9 +91,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ pure functions
 
+    def _create_models(self, rngs: nnx.Rngs) -> dict[str, nnx.Module]:
+        """The task's models with the run's precision / remat policy."""
+        return policy_lib.apply(self.task.create_models(rngs), self.policy)
+
     def _init(self, rng_data) -> TrainState:
         key = jax.random.wrap_key_data(rng_data)
-        models = self.task.create_models(nnx.Rngs(jax.random.fold_in(key, 0)))
+        models = self._create_models(nnx.Rngs(jax.random.fold_in(key, 0)))
         params, rest = {}, {}
         for name, model in models.items():
             _, params[name], rest[name] = nnx.split(model, nnx.Param, ...)
@@ -107,6 +120,12 @@ class Trainer:
     def init_state(self) -> TrainState:
         """Fresh state, created directly in its shardings."""
         return jax.jit(self._init, out_shardings=self.state_shardings)(self._rng)
+
+    def lower_train_step(self, batch_spec: dict[str, Any]):
+        """The jitted train step lowered for the abstract state and ``batch_spec`` (a dict of
+        ``jax.ShapeDtypeStruct`` with the global batch, sharded like ``parallel.batch_sharding``);
+        ``.compile()`` it for its memory and cost analyses (``gohd-aot``)."""
+        return self._train_step.lower(self.abstract_state, batch_spec)
 
     def data_iterator(self, split: str = "train"):
         ds = self.task.dataset(split, seed=int(self.config.seed), shard_index=self.process_index,
@@ -137,6 +156,28 @@ class Trainer:
                 raise TrainingDiverged(f"loss term {k!r} is {float(v)} at step {step}; stopping. The last "
                                        f"checkpoint in {self.workdir / 'checkpoints'} is from before it "
                                        f"and intact")
+
+    def _compile_step(self, state: TrainState, batch):
+        """The train step compiled for these (global) shapes; logs its memory analysis."""
+        compiled = self._train_step.lower(state, batch).compile()
+        try:
+            mem = compiled.memory_analysis()
+        except Exception as e:  # an analysis is a courtesy; never fail the run for it
+            log.info("train step memory analysis unavailable: %s", e)
+            mem = None
+        if mem is not None and self.process_index == 0:
+            self._log_memory(mem)
+        return compiled
+
+    def _log_memory(self, mem) -> None:
+        gib = lambda n: n / 2 ** 30  # noqa: E731
+        peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+                - mem.alias_size_in_bytes)
+        log.info("train step memory per device (XLA's estimate): arguments %.3f GiB, outputs %.3f "
+                 "GiB, temporaries %.3f GiB, aliased %.3f GiB, peak %.3f GiB; policy %s, remat %s",
+                 gib(mem.argument_size_in_bytes), gib(mem.output_size_in_bytes),
+                 gib(mem.temp_size_in_bytes), gib(mem.alias_size_in_bytes), gib(peak),
+                 self.policy.compute, self.policy.remat)
 
     def _handle_sigterm(self, signum, frame):
         log.warning("SIGTERM received: saving a checkpoint at the end of this step, then exiting")
@@ -199,7 +240,10 @@ class Trainer:
         step = start
         while step < total:
             batch = self._global(next(it))
-            state, metrics = self._train_step(state, batch)
+            if step == start:  # compiled once, ahead of the loop, to log its memory
+                train_step = self._compile_step(state, batch)
+            with jax.profiler.StepTraceAnnotation("train", step_num=step):
+                state, metrics = train_step(state, batch)
             step += 1
             pending.append((step, metrics))
             boundary = step % int(cfg.log_every) == 0 or step == total

@@ -31,7 +31,7 @@ class MelToMouth(nnx.Module):
         x = mel.reshape(*mel.shape[:-2], 80 * 16) / 4.0  # Wav2Lip mel is in [-4, 4]
         x = nnx.gelu(self.l1(x))
         x = nnx.gelu(self.l2(x))
-        return self.l3(x)
+        return self.l3(x).astype(jnp.float32)  # the loss is float32 whatever the compute dtype
 
 
 class MouthRegressorTask(Task):
