@@ -273,7 +273,12 @@ class TwoStageExpression(nnx.Module):
         generator = TransformerControlGenerator if cfg.control_generator == "transformer" else ControlGenerator
         self.stage2 = generator(cfg, rngs=rngs)
 
+    policy = DEFAULT
+
     def __call__(self, audio, exp0, control0, noise) -> dict[str, jax.Array]:
+        return self.policy.whole(TwoStageExpression._forward, self, audio, exp0, control0, noise)
+
+    def _forward(self, audio, exp0, control0, noise) -> dict[str, jax.Array]:
         audio_em = self.stage1.embed_audio(audio)
         controls = self.stage2(audio_em, exp0, control0, noise)
         return {"audio_em": audio_em, "controls": controls,
