@@ -46,8 +46,11 @@ def grid_sample(feat: jax.Array, grid: jax.Array) -> jax.Array:
 
     feat [B, H, W, C] (or [1, H, W, C]: one feature map shared by every grid in the batch,
     never materialised B times); grid [B, Ho, Wo, 2] with (x, y) in the last axis.
-    Returns [B, Ho, Wo, C] in the grid's dtype: the taps are gathered in feat's dtype (bfloat16
-    features stay bfloat16 in memory) and weighted and summed in the grid's (float32).
+    Returns [B, Ho, Wo, C] in the grid's dtype. The coordinates and the bilinear weights are
+    computed in the grid's dtype (float32: the warp coordinates never lose precision); the taps
+    are gathered, weighted and summed in feat's dtype, so bfloat16 features are never copied to
+    float32 (compiled for v5e at batch 64, that copy was 4 GiB of temporaries per chip and
+    ~0.7 GB of memory traffic per frame; BENCHMARKS.md "Fit on accelerators").
     """
     if feat.ndim != 4 or grid.ndim != 4 or grid.shape[-1] != 2:
         raise ValueError(f"grid_sample wants feat [B,H,W,C] and grid [B,Ho,Wo,2]; got "
@@ -77,8 +80,9 @@ def grid_sample(feat: jax.Array, grid: jax.Array) -> jax.Array:
             vals = flat[0][idx]  # [B, Ho*Wo, C]
         else:
             vals = jax.vmap(lambda f, i: f[i])(flat, idx)
-        return vals.reshape(b, ho, wo, c).astype(dtype) * weight[..., None]
+        return vals.reshape(b, ho, wo, c) * weight[..., None].astype(vals.dtype)
 
     # Same order of accumulation as torch: nw + ne + sw + se.
-    return (tap(y0, x0, wy0 * wx0) + tap(y0, x0 + 1, wy0 * wx1)
-            + tap(y0 + 1, x0, wy1 * wx0) + tap(y0 + 1, x0 + 1, wy1 * wx1))
+    out = (tap(y0, x0, wy0 * wx0) + tap(y0, x0 + 1, wy0 * wx1)
+           + tap(y0 + 1, x0, wy1 * wx0) + tap(y0 + 1, x0 + 1, wy1 * wx1))
+    return out.astype(dtype)
