@@ -128,7 +128,13 @@ class Policy:
         call = fn if fn is not None else (lambda m, *a, **k: m(*a, **k))
         if self.remat == "none":
             return call(module, *args, **static_kwargs)
-        return nnx.remat(lambda m, *a: call(m, *a, **static_kwargs))(module, *args)
+        return _checkpointed(lambda m, *a: call(m, *a, **static_kwargs), module, *args)
+
+    def whole(self, fn: Callable, module: nnx.Module, *args, **static_kwargs) -> Any:
+        """``fn(module, *args, **static_kwargs)``, the whole forward rematerialised under "full"."""
+        if self.remat != "full":
+            return fn(module, *args, **static_kwargs)
+        return _checkpointed(lambda m, *a: fn(m, *a, **static_kwargs), module, *args)
 
     def whole(self, fn: Callable, module: nnx.Module, *args, **static_kwargs) -> Any:
         """``fn(module, *args, **static_kwargs)``, the whole forward rematerialised under "full"."""
@@ -138,6 +144,36 @@ class Policy:
 
     def replace(self, **kw) -> "Policy":
         return dataclasses.replace(self, **kw)
+
+
+def _checkpointed(call: Callable, module: nnx.Module, *args) -> Any:
+    """``call(module, *args)`` under ``jax.checkpoint``, over the module's state as arrays.
+
+    Only the variables the call really changed (batch statistics in training) are written back
+    to ``module``: a frozen module called inside a ``jax.vmap`` (stage 2's samples) must not be
+    written at all (NNX refuses a write from another trace level, which ``nnx.remat`` attempts).
+    """
+    graphdef, state = nnx.split(module)
+    flat = list(nnx.to_flat_state(state))
+    paths = [p for p, _ in flat]
+    leaves = [v.get_value() if isinstance(v, nnx.Variable) else v for _, v in flat]
+    changed: list[int] = []
+
+    def run(leaves, *a):
+        inner = nnx.merge(graphdef, nnx.from_flat_state(
+            [(p, type(v)(x) if isinstance(v, nnx.Variable) else x)
+             for (p, v), x in zip(flat, leaves)]))
+        out = call(inner, *a)
+        new = [v.get_value() if isinstance(v, nnx.Variable) else v
+               for _, v in nnx.to_flat_state(nnx.split(inner)[1])]
+        changed[:] = [i for i, (old, n) in enumerate(zip(leaves, new)) if old is not n]
+        return out, [new[i] for i in changed]
+
+    out, updates = jax.checkpoint(run)(leaves, *args)
+    if changed:
+        nnx.update(module, nnx.from_flat_state(
+            [(paths[i], type(flat[i][1])(x)) for i, x in zip(changed, updates)]))
+    return out
 
 
 DEFAULT = Policy()
