@@ -28,7 +28,7 @@ demo: $(VENV)/.installed
 	$(PY) launch/demo.py --workdir=$(WORKDIR)
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 2 -rs --durations=15
 
 test-slow: $(VENV)/.installed
 	$(PY) -m pytest -q -n 2 -m ''

@@ -7,6 +7,12 @@ Variants:
   tiny      64 px, style 128, narrow channels: trains on CPU in minutes (make demo).
   official  256 px, style 512, 20 directions (51.6 M parameters); LIA's batch 64 and
             learning rates; give converted VGG19 weights with --config.task.vgg19_weights=PATH.
+  official_v5e16, official_h100x8
+            official, set for a TPU v5e-16 slice / one node of 8 H100s: data-parallel over
+            every chip, bfloat16, remat blocks, global batch 64. From `gohd-aot`
+            (BENCHMARKS.md "Fit on accelerators"): 5.7 GiB of 16 per v5e chip; on 8 H100s see
+            the table. Check a change with
+            `gohd-aot --config=configs/animator.py:official_v5e16 --topology=v5e:4x4`.
 """
 
 import ml_collections
@@ -49,6 +55,11 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     # sharpness (gradient energy vs the target) 0.78 -> 0.91 at 800 steps, PSNR 26.5 vs copying
     # 25.8 dB. A GAN from step 100 is sharper (0.94) but follows the target less (BENCHMARKS.md).
     c.task.gan_start_step = 500
+    if variant in ("official_v5e16", "official_h100x8"):  # per-hardware settings (docstring)
+        c = get_config("official")
+        c.update(precision="bfloat16", remat="blocks", batch_size=64)
+        c.mesh.update(data=-1, fsdp=1)
+        return c
     if variant == "official":
         c.task.model = ml_collections.ConfigDict({"preset": "official", "release_grid": False})
         c.update(batch_size=64, num_steps=800_000, log_every=100, eval_every=5000, checkpoint_every=5000,
@@ -58,5 +69,6 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
         c.task.gan_start_step = 0  # LIA: adversarial from the start
         c.data.num_workers = 8
     elif variant != "tiny":
-        raise ValueError(f"unknown variant {variant!r}: choose tiny or official")
+        raise ValueError(f"unknown variant {variant!r}: choose tiny, official, official_v5e16 or "
+                         f"official_h100x8")
     return c
