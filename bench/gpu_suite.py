@@ -22,7 +22,7 @@ b) ``e2e``: end-to-end frames/s of 16 clips of 10 s (250 frames each), DDIM-25 a
 c) ``train_animator``: animator GAN train steps/s and MFU at batch 8/16/32, bfloat16, remat none
    and blocks (see "The animator train step" below).
 d) ``train_denoiser``: the official pose denoiser's train step (batch 8, 150-frame windows, eps
-   MSE, Adam 6e-4, EMA; ``MotionDiffusionTask.train_step`` + the trainer's step), steps/s and MFU.
+   MSE, Adam 6e-4, EMA: ``MotionDiffusionTask.train_step`` + the trainer's step), steps/s and MFU.
 e) ``latency``: time to the first frame on the host and real-time factor (wall / audio seconds)
    of one 10 s clip at batch 1, DDIM-25 and DDPM-150 (as b, one clip; the first frame waits for
    the clip's whole motion and expression, as in the engine).
@@ -47,17 +47,17 @@ place of their ``jax.jit`` (a mismatch falls back to the jit, which then compile
 untimed warm-up run). Models are built on the host CPU (classic threefry, fast to initialise)
 and their state is put on the device.
 
-The animator train step: the trainer (``gohd_jax.train.trainer.Trainer``) and the task module
-import ml_collections and Grain, which the lent GPU image lacks, so the step here is
-``AnimatorTask.train_step`` transcribed over the same ``TrainState`` / ``StepContext``
-(``gohd_jax/train/state.py``), wrapped as ``Trainer._step`` does (step + 1, EMA of the
-generator), jitted with the state donated, for ``configs/animator.py:official``: generator
-``AnimatorConfig(release_grid=False)``, StyleGAN2 discriminator, random frozen VGG19 (the
-perceptual pyramid; ``--perceptual ms_ssim`` for the L1 + MS-SSIM + gradient losses used when no
-VGG19 weights are given), loss weights l1 1, vgg 1, gan 1, changed 0, the GAN on from step 0,
-Adam(b1 0) at LIA's rates, EMA 0.999. A slow test in ``tests/test_gpu_suite.py`` checks it against
-the real ``Trainer._train_step`` on the CPU (tiny config: same state and batch in, same losses,
-parameters, optimizer state and EMA out).
+The train steps are the tasks' own: ``AnimatorTask.train_step`` and
+``MotionDiffusionTask.train_step``, wrapped as the trainer wraps them
+(``gohd_jax.train.state.step_with_ema``: step + 1, EMA), jitted with the state donated. The
+trainer itself imports ml_collections and Grain, which the lent GPU image lacks, so the tasks get
+their settings from plain dicts (``TaskConfig``) and the models are built here, for
+``configs/animator.py:official``: generator ``AnimatorConfig(release_grid=False)``, StyleGAN2
+discriminator, random frozen VGG19 (the perceptual pyramid; ``--perceptual ms_ssim`` for the L1 +
+MS-SSIM + gradient losses used when no VGG19 weights are given), loss weights l1 1, vgg 1, gan 1,
+changed 0, the GAN on from step 0, Adam(b1 0) at LIA's rates, EMA 0.999. A slow test in
+``tests/test_gpu_suite.py`` checks the step against the real ``Trainer._train_step`` on the CPU
+(tiny config: same state and batch in, same losses, parameters, optimizer state and EMA out).
 
 Output: a markdown table per section on stdout, progress on stderr, the JSON (``--out``,
 default ``gpu_suite.json``) rewritten after every section, so a run cut short still reports.
@@ -89,7 +89,6 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.92")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from gohd_jax.diffusion import samplers, windowing  # noqa: E402
@@ -99,8 +98,7 @@ from gohd_jax.models.discriminator import Discriminator  # noqa: E402
 from gohd_jax.models.expression import ExpressionConfig, FrameExpression, TwoStageExpression  # noqa: E402
 from gohd_jax.models.motion_denoiser import MotionDenoiser, MotionDenoiserConfig  # noqa: E402
 from gohd_jax.nn import policy as policy_lib  # noqa: E402
-from gohd_jax.train import losses  # noqa: E402
-from gohd_jax.train.state import StepContext, TrainState  # noqa: E402
+from gohd_jax.train.state import StepContext, TrainState, step_with_ema  # noqa: E402
 
 SECTIONS = {"a": "render", "b": "e2e", "c": "train_animator", "d": "train_denoiser", "e": "latency",
             "f": "memory"}
@@ -831,79 +829,37 @@ def init_state(models: dict[str, nnx.Module], optimizers: dict, ema_models: tupl
                       rng=jax.random.key_data(jax.random.fold_in(key, 1)))
 
 
-def trainer_step(task_step: Callable, ema_decay: float) -> Callable:
-    """``Trainer._step``: the task's step, step + 1, EMA of the listed models."""
-    def step(state: TrainState, batch):
-        new, metrics = task_step(state, batch, state.step_key())
-        new = new.replace(step=state.step + 1)
-        if new.ema:
-            d = ema_decay
-            new = new.replace(ema={n: jax.tree.map(lambda e, p: d * e + (1 - d) * p, e_, new.params[n])
-                                   for n, e_ in new.ema.items()})
-        return new, metrics
-    return step
+class TaskConfig(dict):
+    """What a task reads of its ``ml_collections.ConfigDict`` (attributes, items, ``.get``), from
+    plain dicts: the GPU image has no ml_collections."""
+
+    def __init__(self, d: dict):
+        super().__init__({k: TaskConfig(v) if isinstance(v, dict) else v for k, v in d.items()})
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError as e:
+            raise AttributeError(name) from e
 
 
-def animator_task_step(ctx: StepContext, loss_w: dict, gan_start_step: int) -> Callable:
-    """``AnimatorTask.train_step`` (gohd_jax/train/tasks/animator.py) with the config read from
-    ``loss_w`` / ``gan_start_step``: generator losses (l1, the VGG19 pyramid when a "vgg" model
-    is in the state else MS-SSIM + gradient, changed, the gated GAN term), its Adam update, then
-    the discriminator's softplus loss on the detached fake, its update kept only once the GAN is on."""
+def task_step(task, ctx: StepContext, ema_decay: float) -> Callable:
+    """The trainer's step (``state.step_with_ema``) around the task's own ``train_step``."""
+    return lambda state, batch: step_with_ema(lambda s, b, k: task.train_step(ctx, s, b, k), state,
+                                              batch, ema_decay)
 
-    def to_unit(x):
-        return x.astype(jnp.float32) / 127.5 - 1.0
 
-    def step(state, batch, key):
-        del key
-        source, target = to_unit(batch["source"]), to_unit(batch["target"])
-        window = batch["descriptor_window"]
-        gan_w = float(loss_w["gan"])
-        gan_on = state.step >= int(gan_start_step)
-        gate = gan_on.astype(jnp.float32)
+def animator_task(h: dict):
+    """``AnimatorTask`` with ``h``'s learning rates, loss weights and GAN start (the models are
+    built here, with random weights and a random VGG19, not by the task)."""
+    from gohd_jax.train.tasks.animator import AnimatorTask
 
-        def g_loss(g_params):
-            fake = ctx.model(state, "generator", g_params)(source, window)["rgb"][0]
-            terms = {"loss_l1": losses.l1(fake, target)}
-            if loss_w.get("changed", 0.0):
-                terms["loss_changed"] = losses.weighted_l1(fake, target, losses.change_map(source, target))
-            if "vgg" in state.rest:
-                terms["loss_vgg"] = losses.vgg_pyramid_loss(ctx.model(state, "vgg"), fake, target)
-            else:
-                if loss_w["ms_ssim"]:
-                    terms["loss_ms_ssim"] = losses.ms_ssim_loss(fake, target)
-                if loss_w["gradient"]:
-                    terms["loss_gradient"] = losses.gradient_loss(fake, target)
-            total = sum(float(loss_w[k[len("loss_"):]]) * v for k, v in terms.items())
-            if gan_w:
-                terms["loss_gan_g"] = gate * losses.gan_g_loss(ctx.model(state, "discriminator")(fake))
-                total = total + gan_w * terms["loss_gan_g"]
-            return total, (terms, fake)
-
-        (loss_g, (terms, fake)), g_grads = jax.value_and_grad(g_loss, has_aux=True)(state.params["generator"])
-        state = ctx.apply_gradients(state, "generator", g_grads)
-        metrics = {"loss_g": loss_g, **terms, "psnr": losses.psnr(fake, target)}
-        if gan_w:
-            fake = jax.lax.stop_gradient(fake)
-
-            def d_loss(d_params):
-                disc = ctx.model(state, "discriminator", d_params)
-                return losses.gan_d_loss(disc(target), disc(fake))
-
-            loss_d, d_grads = jax.value_and_grad(d_loss)(state.params["discriminator"])
-            updated = ctx.apply_gradients(state, "discriminator", d_grads)
-            part = lambda s: (s.params["discriminator"], s.opt["discriminator"])  # noqa: E731
-            d_params, d_opt = jax.tree.map(lambda n, o: jnp.where(gan_on, n, o), part(updated), part(state))
-            state = state.replace(params={**state.params, "discriminator": d_params},
-                                  opt={**state.opt, "discriminator": d_opt})
-            metrics["loss_d"] = gate * loss_d.astype(jnp.float32)
-        return state, metrics
-
-    return step
+    task = {k: h[k] for k in ("g_lr", "d_lr", "g_beta2", "d_beta2", "loss", "gan_start_step")}
+    return AnimatorTask(TaskConfig({"task": {**task, "model": {"preset": "official"}, "vgg19_weights": ""}}))
 
 
 def animator_optimizers(h: dict) -> dict:
-    return {"generator": optax.adam(float(h["g_lr"]), b1=0.0, b2=float(h["g_beta2"])),
-            "discriminator": optax.adam(float(h["d_lr"]), b1=0.0, b2=float(h["d_beta2"]))}
+    return animator_task(h).optimizers()
 
 
 def animator_models(cfg: AnimatorConfig, perceptual: str, seed: int = 0) -> dict[str, nnx.Module]:
@@ -920,9 +876,10 @@ def animator_models(cfg: AnimatorConfig, perceptual: str, seed: int = 0) -> dict
 def make_animator_step(models: dict, policy: policy_lib.Policy, hyper: dict = ANIMATOR_OFFICIAL):
     """(jitted step with the state donated, StepContext) for ``models`` under ``policy``."""
     views = {n: with_policy(m, policy) for n, m in models.items()}
+    task = animator_task(hyper)
     ctx = StepContext(graphdefs={n: nnx.split(m)[0] for n, m in views.items()},
-                      optimizers=animator_optimizers(hyper))
-    step = trainer_step(animator_task_step(ctx, hyper["loss"], hyper["gan_start_step"]), hyper["ema_decay"])
+                      optimizers=task.optimizers())
+    step = task_step(task, ctx, hyper["ema_decay"])
     return jax.jit(step, donate_argnums=0), ctx
 
 
@@ -1026,36 +983,21 @@ def views_policy_aware(models: dict) -> dict:
 
 # ======================================================================================== d) denoiser train step
 
-def denoiser_task_step(ctx: StepContext, max_steps: int) -> Callable:
-    """``MotionDiffusionTask.train_step`` for the pose target (data_scale 1, no cond dropout):
-    t ~ U{0..N-1}, eps ~ N(0, I), x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps, MSE(eps_hat, eps)."""
-    alpha_cum = np.cumprod(1.0 - samplers.linear_betas(max_steps).astype(np.float64))
+def denoiser_task(h: dict):
+    """``MotionDiffusionTask`` for the pose target as configs/motion.py:pose sets it (no clipping,
+    no condition dropout, data_scale 1)."""
+    from gohd_jax.train.tasks.motion_diffusion import MotionDiffusionTask
 
-    def step(state, batch, key):
-        kn, _ = jax.random.split(key)
-        x0 = batch["pose"]
-        kt, ke = jax.random.split(kn)
-        t = jax.random.randint(kt, (x0.shape[0],), 0, max_steps)
-        eps = jax.random.normal(ke, x0.shape, jnp.float32)
-
-        def loss_fn(params):
-            model = ctx.model(state, "denoiser", params)
-            ac = jnp.asarray(alpha_cum, jnp.float32)[t][:, None, None]
-            xt = jnp.sqrt(ac) * x0 + jnp.sqrt(1.0 - ac) * eps
-            return jnp.mean((model(xt, t, batch["cond"], batch["pose0"]) - eps) ** 2)
-
-        loss, grads = jax.value_and_grad(loss_fn)(state.params["denoiser"])
-        state = ctx.apply_gradients(state, "denoiser", grads)
-        return state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
-
-    return step
+    return MotionDiffusionTask(TaskConfig({"task": {
+        "target": "pose", "learning_rate": h["learning_rate"], "grad_clip": 0.0, "cond_dropout": 0.0,
+        "data_scale": 1.0, "model": {"preset": "official"}}}))
 
 
 def section_train_denoiser(plan: Plan, progs: Programs, info: dict, models: dict) -> dict:
     cfg = plan.pose
     model = cached(models, "pose", lambda: MotionDenoiser(cfg, rngs=nnx.Rngs(1)))
     h = DENOISER_OFFICIAL
-    opts = {"denoiser": optax.adam(float(h["learning_rate"]))}
+    opts = denoiser_task(h).optimizers()
     fresh = lambda: init_state({"denoiser": model}, opts, ("denoiser",), h["ema_decay"])  # noqa: E731
     plat = info["policy_platform"]
     made: dict[str, Any] = {}
@@ -1064,8 +1006,7 @@ def section_train_denoiser(plan: Plan, progs: Programs, info: dict, models: dict
         if remat not in made:
             view = with_policy(model, policy_lib.Policy(compute="bfloat16", remat=remat, platform=plat))
             ctx = StepContext(graphdefs={"denoiser": nnx.split(view)[0]}, optimizers=opts)
-            made[remat] = jax.jit(trainer_step(denoiser_task_step(ctx, cfg.max_steps), h["ema_decay"]),
-                                  donate_argnums=0)
+            made[remat] = jax.jit(task_step(denoiser_task(h), ctx, h["ema_decay"]), donate_argnums=0)
         return made[remat]
 
     b, w = plan.denoiser_batch, plan.denoiser_window

@@ -136,12 +136,6 @@ class Policy:
             return fn(module, *args, **static_kwargs)
         return _checkpointed(lambda m, *a: fn(m, *a, **static_kwargs), module, *args)
 
-    def whole(self, fn: Callable, module: nnx.Module, *args, **static_kwargs) -> Any:
-        """``fn(module, *args, **static_kwargs)``, the whole forward rematerialised under "full"."""
-        if self.remat != "full":
-            return fn(module, *args, **static_kwargs)
-        return nnx.remat(lambda m, *a: fn(m, *a, **static_kwargs))(module, *args)
-
     def replace(self, **kw) -> "Policy":
         return dataclasses.replace(self, **kw)
 

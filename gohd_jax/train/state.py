@@ -33,6 +33,19 @@ class TrainState:
         return jax.random.fold_in(jax.random.wrap_key_data(self.rng), self.step)
 
 
+def step_with_ema(task_step, state: TrainState, batch, ema_decay: float):
+    """The trainer's step around a task's pure step ``task_step(state, batch, key)``: the step's
+    key from the state, the step counter + 1, and the EMA (``ema_decay``) of the models the
+    state keeps one of. Returns (new state, metrics)."""
+    new, metrics = task_step(state, batch, state.step_key())
+    new = new.replace(step=state.step + 1)
+    if new.ema:
+        d = ema_decay
+        new = new.replace(ema={n: jax.tree_util.tree_map(lambda e, p: d * e + (1 - d) * p, e_, new.params[n])
+                               for n, e_ in new.ema.items()})
+    return new, metrics
+
+
 @dataclasses.dataclass(frozen=True)
 class StepContext:
     """Static helpers handed to a task's pure steps: the models' graph definitions

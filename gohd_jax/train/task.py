@@ -8,15 +8,17 @@ jit, the loop, checkpoints, metrics, eval cadence and parameter EMA.
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import grain
 import jax
-import ml_collections
 import optax
 from flax import nnx
 
 from gohd_jax.train.state import StepContext, TrainState
+
+if TYPE_CHECKING:  # annotations only: a task's steps import without grain or ml_collections
+    import grain
+    import ml_collections
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]

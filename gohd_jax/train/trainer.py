@@ -46,7 +46,7 @@ from gohd_jax.nn import policy as policy_lib
 from gohd_jax.parallel import host_to_global, make_mesh, param_shardings
 from gohd_jax.train.checkpoint import Checkpointer, abstract_like
 from gohd_jax.train.metrics import MetricWriter, Throughput, log_line
-from gohd_jax.train.state import StepContext, TrainState
+from gohd_jax.train.state import StepContext, TrainState, step_with_ema
 from gohd_jax.train.task import Task
 
 log = logging.getLogger("gohd_jax.train")
@@ -107,13 +107,8 @@ class Trainer:
                           rng=jax.random.key_data(jax.random.fold_in(key, 1)))
 
     def _step(self, state: TrainState, batch) -> tuple[TrainState, dict]:
-        new, metrics = self.task.train_step(self.ctx, state, batch, state.step_key())
-        new = new.replace(step=state.step + 1)
-        if new.ema:
-            d = self.ema_decay
-            new = new.replace(ema={n: jax.tree_util.tree_map(lambda e, p: d * e + (1 - d) * p, e_, new.params[n])
-                                   for n, e_ in new.ema.items()})
-        return new, metrics
+        return step_with_ema(lambda s, b, k: self.task.train_step(self.ctx, s, b, k), state, batch,
+                             self.ema_decay)
 
     # ------------------------------------------------------------------ state
 

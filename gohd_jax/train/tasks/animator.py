@@ -30,7 +30,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from data_pipelines import pipelines
 from gohd_jax.models.animator import AnimatorConfig, SemanticAnimator
 from gohd_jax.models.discriminator import Discriminator
 from gohd_jax.train import losses
@@ -156,6 +155,8 @@ class AnimatorTask(Task):
                 "sharpness": losses.gradient_energy(recon) / losses.gradient_energy(target)}
 
     def dataset(self, split, *, seed, shard_index, shard_count):
+        from data_pipelines import pipelines  # here: the step imports without grain (gpu_suite)
+
         return pipelines.make_dataset("animator", self.config.data.dir, seed=seed, split=split,
                                       shard_index=shard_index, shard_count=shard_count,
                                       heldout_fraction=float(self.config.data.heldout_fraction))

@@ -32,7 +32,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from data_pipelines import pipelines
 from gohd_jax.diffusion import samplers
 from gohd_jax.models.motion_denoiser import MotionDenoiser, MotionDenoiserConfig
 from gohd_jax.train.task import Task
@@ -116,6 +115,8 @@ class MotionDiffusionTask(Task):
         return {"loss": self._loss(model, batch, t, eps), "loss_predict_zero": jnp.mean(eps ** 2)}
 
     def dataset(self, split, *, seed, shard_index, shard_count):
+        from data_pipelines import pipelines  # here: the step imports without grain (gpu_suite)
+
         d = self.config.data
         return pipelines.make_dataset("motion", d.dir, seed=seed, split=split, window=int(d.window),
                                       shard_index=shard_index, shard_count=shard_count,
