@@ -97,6 +97,7 @@ from gohd_jax.models.animator import AnimatorConfig, SemanticAnimator  # noqa: E
 from gohd_jax.models.discriminator import Discriminator  # noqa: E402
 from gohd_jax.models.expression import ExpressionConfig, FrameExpression, TwoStageExpression  # noqa: E402
 from gohd_jax.models.motion_denoiser import MotionDenoiser, MotionDenoiserConfig  # noqa: E402
+from gohd_jax.infer.animate import quantise  # noqa: E402
 from gohd_jax.nn import policy as policy_lib  # noqa: E402
 from gohd_jax.train.state import StepContext, TrainState, step_with_ema  # noqa: E402
 
@@ -330,20 +331,9 @@ def cached(models: dict, name: str, ctor: Callable[[], nnx.Module]) -> nnx.Modul
     return models[name]
 
 
-def with_policy(model: nnx.Module, policy: policy_lib.Policy) -> nnx.Module:
-    """A view of ``model`` (new module objects, the same arrays) under ``policy``."""
-    graph, state = nnx.split(model)
-    return policy_lib.apply(nnx.merge(graph, state), policy)
-
-
 def policy_aware(model: nnx.Module) -> int:
     """How many modules of ``model`` read a policy (0: the model ignores it so far)."""
     return sum(1 for _, m in nnx.iter_graph(model) if isinstance(m, nnx.Module) and hasattr(m, "policy"))
-
-
-def quantise(rgb: jax.Array) -> jax.Array:
-    rgb = rgb.astype(jnp.float32)
-    return jnp.round((jnp.clip(rgb, -1.0, 1.0) + 1.0) * 127.5).astype(jnp.uint8)
 
 
 def n_params(model: nnx.Module, what=nnx.Param) -> int:
@@ -531,7 +521,7 @@ def section_render(plan: Plan, progs: Programs, info: dict, models: dict) -> dic
             for b in plan.render_batches}
     rows, out_rows = [], []
     for dtype in ("float32", "bfloat16"):
-        view = with_policy(anim, policy_lib.Policy(compute=dtype, platform=plat))
+        view = policy_lib.with_policy(anim, policy_lib.Policy(compute=dtype, platform=plat))
         state = nnx.state(view)
         encode, directions, render, kw = render_fns(view)
         q = directions(state)
@@ -592,9 +582,9 @@ class Pipeline:
         gaze = cached(models, "gaze", lambda: MotionDenoiser(plan.gaze, rngs=nnx.Rngs(2)))
         cls = TwoStageExpression if plan.two_stage else FrameExpression
         expr = cached(models, "expression", lambda: cls(plan.expression, rngs=nnx.Rngs(3)))
-        self.anim = with_policy(anim, policy)
-        self.pose, self.gaze = with_policy(pose, policy), with_policy(gaze, policy)
-        self.expr = ExpressionWindows(with_policy(expr, policy), window=plan.expression_window)
+        self.anim = policy_lib.with_policy(anim, policy)
+        self.pose, self.gaze = policy_lib.with_policy(pose, policy), policy_lib.with_policy(gaze, policy)
+        self.expr = ExpressionWindows(policy_lib.with_policy(expr, policy), window=plan.expression_window)
         self.expr_fn = install(self.expr)
         self.anim_state = nnx.state(self.anim)
         graph = nnx.split(self.anim)[0]
@@ -875,7 +865,7 @@ def animator_models(cfg: AnimatorConfig, perceptual: str, seed: int = 0) -> dict
 
 def make_animator_step(models: dict, policy: policy_lib.Policy, hyper: dict = ANIMATOR_OFFICIAL):
     """(jitted step with the state donated, StepContext) for ``models`` under ``policy``."""
-    views = {n: with_policy(m, policy) for n, m in models.items()}
+    views = {n: policy_lib.with_policy(m, policy) for n, m in models.items()}
     task = animator_task(hyper)
     ctx = StepContext(graphdefs={n: nnx.split(m)[0] for n, m in views.items()},
                       optimizers=task.optimizers())
@@ -978,7 +968,7 @@ def section_train_animator(plan: Plan, progs: Programs, info: dict) -> dict:
 
 
 def views_policy_aware(models: dict) -> dict:
-    return {n: policy_aware(with_policy(m, policy_lib.Policy(compute="bfloat16"))) for n, m in models.items()}
+    return {n: policy_aware(policy_lib.with_policy(m, policy_lib.Policy(compute="bfloat16"))) for n, m in models.items()}
 
 
 # ======================================================================================== d) denoiser train step
@@ -1004,7 +994,7 @@ def section_train_denoiser(plan: Plan, progs: Programs, info: dict, models: dict
 
     def make(remat):
         if remat not in made:
-            view = with_policy(model, policy_lib.Policy(compute="bfloat16", remat=remat, platform=plat))
+            view = policy_lib.with_policy(model, policy_lib.Policy(compute="bfloat16", remat=remat, platform=plat))
             ctx = StepContext(graphdefs={"denoiser": nnx.split(view)[0]}, optimizers=opts)
             made[remat] = jax.jit(task_step(denoiser_task(h), ctx, h["ema_decay"]), donate_argnums=0)
         return made[remat]
@@ -1021,7 +1011,7 @@ def section_train_denoiser(plan: Plan, progs: Programs, info: dict, models: dict
           ["batch", "remat", "steps/s", "windows/s", "model TFLOPs/step", "MFU %", "HFU %", "temp GiB",
            "compile s"], out)
     return {"rows": rows, "params": n_params(model), "window": w,
-            "policy_aware_modules": policy_aware(with_policy(model, policy_lib.Policy(compute="bfloat16")))}
+            "policy_aware_modules": policy_aware(policy_lib.with_policy(model, policy_lib.Policy(compute="bfloat16")))}
 
 
 # ======================================================================================== f) memory

@@ -50,7 +50,7 @@ from gohd_jax.nn import policy as policy_lib
 log = logging.getLogger(__name__)
 
 __all__ = ["Controls", "Sampling", "ClipJob", "Animate", "GAZE_PRESETS", "semantic_windows", "num_frames",
-           "StageTimes", "with_policy", "quantise"]
+           "StageTimes", "quantise"]
 
 # The release's freeze_gaze values [first, second] in radians.
 GAZE_PRESETS = {"forward": (0.0, 0.0), "left": (0.2, 0.0), "right": (-0.7, 0.0)}
@@ -130,13 +130,6 @@ def _fit(arr: np.ndarray, t: int, what: str) -> np.ndarray:
     return np.concatenate([arr, np.repeat(arr[-1:], t - len(arr), 0)])
 
 
-def with_policy(model, policy: policy_lib.Policy):
-    """A view of ``model`` (new module objects, the same parameter variables) under ``policy``;
-    ``model`` itself is left unchanged."""
-    graph, state = nnx.split(model)
-    return policy_lib.apply(nnx.merge(graph, state), policy)
-
-
 def quantise(rgb: jax.Array) -> jax.Array:
     """Images in [-1, 1] (any float dtype) -> uint8, computed in float32."""
     rgb = rgb.astype(jnp.float32)
@@ -174,7 +167,7 @@ class Animate:
         self.policy = (precision if isinstance(precision, policy_lib.Policy)
                        else policy_lib.resolve(precision, platform=policy_lib.platform_of(devices)))
         # the four models under the policy (views sharing the bundle's parameters)
-        bundle = dataclasses.replace(bundle, **{role: with_policy(getattr(bundle, role), self.policy)
+        bundle = dataclasses.replace(bundle, **{role: policy_lib.with_policy(getattr(bundle, role), self.policy)
                                                 for role in ("animator", "pose", "gaze", "expression")})
         self.bundle = bundle
         self.size = bundle.image_size

@@ -39,7 +39,7 @@ def _policy_bundle(bundle, precision):
     bundle itself, None)."""
     if precision is None:
         return bundle, None
-    from gohd_jax.infer.animate import with_policy
+    from gohd_jax.nn.policy import with_policy
     from gohd_jax.nn import policy as policy_lib
 
     pol = precision if isinstance(precision, policy_lib.Policy) else policy_lib.resolve(precision)

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 __all__ = ["HIGHEST", "PRECISIONS", "REMATS", "Policy", "DEFAULT", "PARITY", "resolve",
-           "from_config", "apply", "policy_of", "platform_of"]
+           "from_config", "apply", "with_policy", "policy_of", "platform_of"]
 
 HIGHEST = jax.lax.Precision.HIGHEST
 PRECISIONS = ("auto", "float32", "bfloat16")
@@ -224,6 +224,13 @@ def apply(model, policy: Policy):
         elif isinstance(module, _FLAX_NORMS):
             module.dtype = dtype
     return model
+
+
+def with_policy(model: nnx.Module, policy: Policy) -> nnx.Module:
+    """A view of ``model`` under ``policy``: new module objects over the same parameter arrays
+    (nothing copied); ``model`` itself keeps its policy."""
+    graph, state = nnx.split(model)
+    return apply(nnx.merge(graph, state), policy)
 
 
 def policy_of(module: nnx.Module) -> Policy:
