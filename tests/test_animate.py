@@ -289,7 +289,14 @@ def test_export_reloads_and_matches_the_live_functions(tmp_path, bundle_dir):
         want = jax.tree.leaves(jax.jit(fn)(*args))
         assert len(got) == len(want)
         for g, w in zip(got, want):
-            np.testing.assert_allclose(np.asarray(g, np.float64), np.asarray(w, np.float64), rtol=1e-5, atol=1e-5)
+            g, w = np.asarray(g), np.asarray(w)
+            if w.dtype == np.uint8:
+                # Frames are quantised: a float rounding difference between the two compiles can
+                # move a value across a quantisation boundary (seen with jax 0.12.1: 37 of 49152).
+                diff = np.abs(g.astype(np.int16) - w.astype(np.int16))
+                assert diff.max() <= 1 and (diff > 0).mean() < 2e-3, (name, diff.max(), (diff > 0).mean())
+            else:
+                np.testing.assert_allclose(g.astype(np.float64), w.astype(np.float64), rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------ official

@@ -191,6 +191,19 @@ def test_missing_extras_name_what_to_install(monkeypatch):
         topology.gpu_target("h100", "1x1x8")
 
 
+def test_a_cuda_plugin_of_another_jaxlib_release_is_named(monkeypatch):
+    from importlib import metadata
+
+    from gohd_jax.aot import topology
+
+    real = metadata.version
+    monkeypatch.setattr(topology, "_installed", lambda name: True)
+    monkeypatch.setattr(metadata, "version",
+                        lambda dist: "0.0.1" if dist == "jax-cuda12-plugin" else real(dist))
+    with pytest.raises(topology.MissingExtra, match=r"jax-cuda12-plugin 0\.0\.1 does not match jaxlib"):
+        topology.gpu_target("h100", "1x1x8")
+
+
 def test_unknown_names_are_one_line_errors():
     from gohd_jax.aot import topology
 

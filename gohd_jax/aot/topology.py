@@ -224,6 +224,21 @@ def gpu_chip(gpu: str) -> Chip:
 _GPU_TOPO_RE = re.compile(r"^(\d+)x(\d+)x(\d+)$")
 
 
+def _check_plugin_matches_jaxlib() -> None:
+    """jaxlib ignores a CUDA plugin of another version (a warning, then an unreadable failure):
+    say so plainly. The ``.[gpu-aot]`` extra pins jax, jaxlib and the plugin together."""
+    from importlib import metadata
+
+    try:
+        plugin = metadata.version("jax-cuda12-plugin")
+    except metadata.PackageNotFoundError:
+        return
+    jaxlib = metadata.version("jaxlib")
+    if plugin != jaxlib:
+        raise MissingExtra(f"jax-cuda12-plugin {plugin} does not match jaxlib {jaxlib}, so JAX will not load it: "
+                           f"pip install -e '.[gpu-aot]' (it pins jax, jaxlib and the plugin to one version)")
+
+
 def gpu_target(gpu: str, topology: str) -> Target:
     """The devices of ``topology`` = PARTITIONSxHOSTSxGPUS (``1x1x8``: one node of 8 GPUs,
     ``1x2x8``: two nodes) of ``gpu`` (h100, a100, b200)."""
@@ -235,6 +250,7 @@ def gpu_target(gpu: str, topology: str) -> Target:
                             f"of 8 GPUs) or 1x2x8 (two nodes of 8)")
     if not (_installed("jax_cuda12_plugin") or _installed("jax_plugins.xla_cuda12")):
         raise MissingExtra("compiling for NVIDIA GPUs needs the jax CUDA plugin: pip install -e '.[gpu-aot]'")
+    _check_plugin_matches_jaxlib()
     from jax.experimental import topologies
 
     try:
