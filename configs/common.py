@@ -3,6 +3,7 @@ settings (precision, rematerialisation, the persistent compilation cache).
 
     from configs import common
     c = common.base()        # then the stage's own fields
+    common.rescale_batch(c, 64, lr_keys=("task.learning_rate",))  # a per-hardware variant
 
 Accelerator settings (``gohd_jax/nn/policy.py``, ``gohd_jax/compile_cache.py``):
   precision      auto | float32 | bfloat16. auto = bfloat16 compute on GPU and TPU, float32 on
@@ -14,6 +15,8 @@ Accelerator settings (``gohd_jax/nn/policy.py``, ``gohd_jax/compile_cache.py``):
                  ~/.cache/gohd_jax/xla or $XDG_CACHE_HOME/gohd_jax/xla): JAX's persistent
                  compilation cache, so a resumed run skips its compiles.
 """
+
+import math
 
 import ml_collections
 
@@ -27,4 +30,25 @@ def base() -> ml_collections.ConfigDict:
     c.precision = "auto"
     c.remat = "none"
     c.compile_cache = ml_collections.ConfigDict({"enabled": True, "dir": ""})
+    return c
+
+
+def rescale_batch(c: ml_collections.ConfigDict, batch: int, *, lr_keys: tuple[str, ...]) -> ml_collections.ConfigDict:
+    """``c`` at global batch ``batch`` instead of its own (a per-hardware variant, so that the
+    batch splits over the chips): the learning rates at ``lr_keys`` (dotted paths) scale by
+    sqrt(batch / old) (the square-root rule for Adam-type optimisers: a rule of thumb, not a tuned
+    value), and ``num_steps`` and the eval / checkpoint / log intervals by old / batch, so the run
+    sees as many samples and evaluates as often per sample. Returns ``c``."""
+    old = int(c.batch_size)
+    factor = batch / old
+    for key in lr_keys:
+        *path, last = key.split(".")
+        node = c
+        for p in path:
+            node = node[p]
+        node[last] = float(node[last]) * math.sqrt(factor)
+    c.batch_size = batch
+    for key in ("num_steps", "eval_every", "checkpoint_every", "log_every"):
+        if int(c.get(key, 0) or 0):
+            c[key] = max(1, round(int(c[key]) / factor))
     return c

@@ -8,6 +8,13 @@ Variants:
                         task.data_scale: train on CPU in minutes (make demo).
   pose, gaze            the official size (20 layers x 256 channels, 72.7 M parameters), GoHD's
                         params.py: batch 8, lr 6e-4, no gradient clipping, 150-frame windows.
+  pose_h100x8, gaze_h100x8, pose_v5e16, gaze_v5e16
+                        official, set for one node of 8 H100s / a TPU v5e-16 slice: the release's
+                        batch 8 cannot split over 16 chips and leaves 8 GPUs at one window each,
+                        so global batch 32 (4 per GPU) / 32 (2 per chip), bfloat16, data-parallel;
+                        lr 6e-4 x sqrt(32/8) = 1.2e-3 and 50k steps (the same samples as the
+                        release's 200k x 8; ``common.rescale_batch``). Fit: BENCHMARKS.md "Fit on
+                        accelerators" (the train step at batch 8-16 needs under 2 GiB per chip).
 
 Data: 150-frame windows from the motion pipeline; ``data.condition`` "mel100" (the correctly
 aligned 100 Hz mel, default) or "release" (the release's 80 Hz mel read as 100 Hz, to fine-tune
@@ -19,10 +26,19 @@ import ml_collections
 from configs import common
 
 
+HARDWARE = {"h100x8": 32, "v5e16": 32}  # per-hardware variants: global batch
+
+
 def get_config(variant: str = "pose_tiny") -> ml_collections.ConfigDict:
     target, _, size = variant.partition("_")
-    if target not in ("pose", "gaze") or size not in ("", "tiny"):
-        raise ValueError(f"unknown variant {variant!r}: choose pose, gaze, pose_tiny or gaze_tiny")
+    if target not in ("pose", "gaze") or size not in ("", "tiny", *HARDWARE):
+        raise ValueError(f"unknown variant {variant!r}: choose pose, gaze, pose_tiny, gaze_tiny, or "
+                         f"pose_/gaze_ + {' / '.join(HARDWARE)}")
+    if size in HARDWARE:
+        c = common.rescale_batch(get_config(target), HARDWARE[size], lr_keys=("task.learning_rate",))
+        c.precision = "bfloat16"
+        c.mesh.update(data=-1, fsdp=1)
+        return c
     c = common.base()
     c.task_name = "motion_diffusion"
     c.batch_size = 8

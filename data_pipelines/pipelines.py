@@ -1,9 +1,12 @@
 """Grain pipelines: what each training stage samples from the clip records.
 
-Every pipeline is ``clips -> eligible clip list -> shard by process -> shuffle
--> repeat -> random_map(sample) -> batch -> (worker processes)``. Samples are a
-deterministic function of (seed, position in the stream), so a run is
-reproducible, and the iterator's state (``it.get_state()``, or
+Every pipeline is ``clips -> eligible clip list -> shuffle -> repeat ->
+random_map(sample) -> this process's positions -> batch -> (worker processes)``.
+Samples are a deterministic function of (seed, position in the global stream):
+the processes of a run read interleaved positions of one stream (process p of P
+reads p, p + P, ...), so they draw different clips, windows and labels, and the
+global batch does not depend on the number of processes. A run is reproducible,
+and the iterator's state (``it.get_state()``, or
 ``grain.checkpoint.CheckpointSave(it)`` in an Orbax checkpoint) restores the
 stream exactly.
 
@@ -212,9 +215,9 @@ def make_dataset(stage: str, data_dir, *, seed: int = 0, window: int | None = No
     """The unbatched sample stream of ``stage`` (see the module docstring).
 
     ``data_dir`` is a clip dataset folder, or any clip source with ``index`` and
-    ``__getitem__`` (a ``ClipDataset``, ``data_pipelines.tfds.TfdsClips``). The clip list
-    is sharded over ``shard_count`` processes (default: the JAX process count)
-    before shuffling; ``num_epochs=None`` repeats forever.
+    ``__getitem__`` (a ``ClipDataset``, ``data_pipelines.tfds.TfdsClips``). The global stream
+    (the whole clip list, shuffled, repeated, sampled) is split over ``shard_count`` processes
+    (default: the JAX process count) last, by position; ``num_epochs=None`` repeats forever.
     """
     if stage not in _SAMPLERS:
         raise ValueError(f"unknown stage {stage!r}; choose one of {STAGES}")
@@ -227,15 +230,15 @@ def make_dataset(stage: str, data_dir, *, seed: int = 0, window: int | None = No
         shard_index, shard_count = jax.process_index(), jax.process_count()
     min_frames = {"animator": 1, "sync": 3 * window}.get(stage, window)
     eligible = select_clips(clips.index, split=split, heldout_fraction=heldout_fraction, min_frames=min_frames)
-    if len(eligible) < shard_count:
-        raise DatasetError(f"{clips.root}: only {len(eligible)} {split!r} clips with >= {min_frames} frames, "
-                           f"fewer than the {shard_count} data shards (processes)")
+    if not eligible:
+        raise DatasetError(f"{clips.root}: no {split!r} clips with >= {min_frames} frames "
+                           f"({len(clips.index)} clips in all)")
     kwargs = {"condition": condition} if stage == "motion" else {}
     if stage == "sync":
         kwargs = {"negatives": int(sync_negatives), "faces": bool(sync_faces)}
     sampler = _SAMPLERS[stage](clips=clips, window=window, **kwargs)
-    ds = grain.MapDataset.source(eligible)[shard_index::shard_count]
-    return ds.seed(seed).shuffle().repeat(num_epochs).random_map(sampler)
+    ds = grain.MapDataset.source(eligible).seed(seed).shuffle().repeat(num_epochs).random_map(sampler)
+    return ds[shard_index::shard_count]
 
 
 def _ensure_absl_flags_parsed() -> None:

@@ -8,15 +8,22 @@ persistent compilation cache (on by default: ``--config.compile_cache.dir``, def
 $GOHD_COMPILE_CACHE or ~/.cache/gohd_jax/xla; off with ``--config.compile_cache.enabled=False``),
 skips the compiles of the run before.
 
-Several processes (SLURM, TPU pod slice, or by hand): each runs this same
-command; ``jax.distributed.initialize()`` is called when the environment says
-there are several (SLURM_NTASKS > 1, a multi-worker TPU, JAX_COORDINATOR_ADDRESS)
-or when --num_processes > 1 (then also give --coordinator and --process_id).
-See launch/README.md.
+Several processes (SLURM, a TPU VM slice, GKE, or by hand): each runs this same command.
+``--distributed=auto`` (default) calls ``jax.distributed.initialize()`` when the environment
+shows several processes (``gohd_jax/distributed.py``: SLURM, Open MPI, JAX_COORDINATOR_ADDRESS,
+GKE TPU pods, Cloud TPU VM slices) or with --num_processes > 1 (then also give --coordinator and
+--process_id); ``on`` always, ``off`` never. ``--dry_run`` prints what this process would do
+(its rank, the process count, the GPUs it would use) as one JSON line and exits: the launchers'
+dry-run modes run it on every rank. See launch/README.md.
+
+A run stopped by preemption (SIGTERM, or JAX's preemption notice on a multi-process run) saves
+a checkpoint and exits with ``--preempted_exit_code`` (default 0); the SLURM script sets it so
+that it can requeue the job.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -34,16 +41,13 @@ _COORD = flags.DEFINE_string("coordinator", None, "host:port of process 0 (multi
 _NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process by hand).")
 _PID = flags.DEFINE_integer("process_id", None, "This process's index (multi-process by hand).")
 _CPU_DEVICES = flags.DEFINE_integer("cpu_devices", None, "Fake CPU devices per process (testing meshes).")
+_DISTRIBUTED = flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
+                                 "Join a multi-process run: auto (when the environment shows several processes), "
+                                 "on (always; JAX finds the cluster) or off.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print this process's multi-process plan as JSON and exit.")
+_PREEMPTED_EXIT = flags.DEFINE_integer("preempted_exit_code", 0, "Exit status after a preemption's checkpoint "
+                                       "(the SLURM script uses it to requeue).")
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-def _wants_distributed() -> bool:
-    if _NPROC.value is not None:
-        return _NPROC.value > 1
-    env = os.environ
-    if int(env.get("SLURM_NTASKS", "1")) > 1 or env.get("JAX_COORDINATOR_ADDRESS"):
-        return True
-    return "," in env.get("TPU_WORKER_HOSTNAMES", "")
 
 
 def _start_compile_cache(cfg) -> None:
@@ -57,16 +61,23 @@ def _start_compile_cache(cfg) -> None:
 
 def main(argv) -> None:
     del argv
+    from gohd_jax import distributed
+
+    try:
+        plan = distributed.plan(_DISTRIBUTED.value, coordinator=_COORD.value, num_processes=_NPROC.value,
+                                process_id=_PID.value)
+    except ValueError as e:
+        logging.error("%s", e)
+        sys.exit(2)
+    if _DRY_RUN.value:
+        print(json.dumps({"host": os.uname().nodename, **plan.describe()}), flush=True)
+        return
     import jax
 
     if _CPU_DEVICES.value:
         jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value)
     _start_compile_cache(_CONFIG.value)
-    if _wants_distributed():
-        if _NPROC.value is not None:
-            jax.distributed.initialize(_COORD.value, num_processes=_NPROC.value, process_id=_PID.value)
-        else:
-            jax.distributed.initialize()
+    distributed.initialize(plan)
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax/Grain chatter off; our own log stays INFO
@@ -85,7 +96,10 @@ def main(argv) -> None:
         sys.exit(1)
     rates = ("steps_per_s", "examples_per_s", "eta_s")
     terms = {k: v for k, v in {**result.metrics, **result.eval_metrics}.items() if k not in rates}
-    print(f"{result.status} at step {result.step}: " + " ".join(f"{k}={v:.6g}" for k, v in sorted(terms.items())))
+    print(f"{result.status} at step {result.step}: " + " ".join(f"{k}={v:.6g}" for k, v in sorted(terms.items())),
+          flush=True)
+    if result.status == "preempted" and _PREEMPTED_EXIT.value:
+        sys.exit(_PREEMPTED_EXIT.value)
 
 
 if __name__ == "__main__":

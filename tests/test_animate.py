@@ -285,6 +285,7 @@ def test_export_reloads_and_matches_the_live_functions(tmp_path, bundle_dir):
         fn, specs = live[name]
         args = [_example(s, i) for i, s in enumerate(specs)]
         loaded = export.deserialize((tmp_path / "exp" / f"{name}.stablehlo").read_bytes())
+        assert loaded.platforms == ("cpu", "cuda", "tpu")  # made here, loads on a GPU or TPU too
         got = jax.tree.leaves(loaded.call(*args))
         want = jax.tree.leaves(jax.jit(fn)(*args))
         assert len(got) == len(want)

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -177,6 +178,33 @@ def test_max_batch_search_finds_the_largest_fitting_multiple(limit, expected):
     assert all(b % 4 == 0 for b in calls) and len(calls) == len(set(calls)) <= 12
     if expected:
         assert rec["batch"] == expected and rec["fits"]
+
+
+@pytest.mark.parametrize("curve,limit_compiles", [("linear", 4), ("convex", 12)])
+def test_max_batch_search_uses_the_memory_it_measured(curve, limit_compiles):
+    """With peaks in the records, the search guesses from them: few compiles on a linear memory
+    curve, and still the exact answer when the curve is not linear."""
+    from types import SimpleNamespace
+
+    from gohd_jax.aot import programs
+
+    hbm = 16.0
+    peak = {"linear": lambda b: 1.0 + 0.1 * b, "convex": lambda b: 1.0 + 0.02 * b + 0.0005 * b * b}[curve]
+    want = max(b for b in range(4, 4 * 64 + 1, 4) if peak(b) <= hbm)
+    spec = SimpleNamespace(name="train", unit=4, default_batch=8)
+    calls = []
+
+    def compile_at(b):
+        calls.append(b)
+        return {"batch": b, "fits": peak(b) <= hbm, "peak_bytes_per_chip": peak(b), "hbm_bytes_per_chip": hbm}
+
+    rec = programs.search_max_batch(spec, compile_at, max_per_unit=64)
+    assert rec["max_batch"] == want and rec["max_batch_next_tried"] == want + 4
+    assert len(calls) == len(set(calls)) <= limit_compiles, calls
+    calls.clear()
+    coarse = programs.search_max_batch(spec, compile_at, max_per_unit=64, resolution=0.25)
+    assert coarse["fits"] and coarse["max_batch"] >= 0.75 * want
+    assert coarse["max_batch_next_tried"] - coarse["max_batch"] <= max(4, 0.25 * coarse["max_batch"])
 
 
 # ----------------------------------------------------------------------------- clear errors
@@ -337,3 +365,13 @@ def test_aot_compiles_fit_and_shard(compiles, stage, target):
 @pytest.mark.parametrize("stage", sorted(set(CONFIGS) - set(FAST)))
 def test_aot_compiles_fit_and_shard_every_stage(compiles, stage, target):
     _check(compiles.result(stage, target), stage, target)
+
+
+def test_constant_bytes_sees_closed_over_weights_and_ignores_splats():
+    from gohd_jax.aot.report import constant_bytes
+
+    w = np.random.default_rng(0).normal(size=(256, 256)).astype(np.float32)
+    closed = jax.jit(lambda x: x @ w + jnp.zeros((256,), jnp.float32)).lower(np.zeros((1, 256), np.float32))
+    passed = jax.jit(lambda x, w: x @ w + jnp.zeros((256,), jnp.float32)).lower(np.zeros((1, 256), np.float32), w)
+    assert constant_bytes(closed.as_text()) == w.nbytes
+    assert constant_bytes(passed.as_text()) == 0

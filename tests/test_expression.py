@@ -429,3 +429,42 @@ def test_mouth_expert_trains_and_gives_stage1_a_sync_loss(synth_expr, tmp_path):
     with pytest.raises(ValueError, match="needs task.sync_expert"):
         cfg = config("stage1_tiny", sync_weight=1.0)
         get_task_class(cfg.task_name)(cfg)
+
+
+def test_frozen_networks_are_arguments_not_constants(synth_expr, tmp_path):
+    """The sync expert, the expert's audio encoder (stage 1) and stage 1 (stage 2) reach the jitted
+    init and steps as arguments (``Task.pretrained``, ``state.rest``), not as constants baked into
+    every compiled program: the programs' constants stay far below the frozen weights' bytes, and
+    the weights do arrive in the state."""
+    from gohd_jax.aot.report import constant_bytes
+    from gohd_jax.parallel import make_mesh
+    from gohd_jax.train.restore import load_model
+    from gohd_jax.train.tasks import get_task_class
+    from gohd_jax.train.trainer import Trainer
+
+    mesh = make_mesh(1, 1, devices=jax.devices()[:1])
+
+    def cfg(variant, **task):
+        c = _expr_config(variant, synth_expr, batch_size=4, num_steps=1, log_every=1, eval_every=0,
+                         checkpoint_every=1)
+        c.task.update(task)
+        return c
+
+    expert_cfg = cfg("sync_mouth_tiny")
+    Trainer(get_task_class(expert_cfg.task_name)(expert_cfg), expert_cfg, tmp_path / "expert", mesh=mesh).train()
+    s1_cfg = cfg("stage1_tiny", expert=str(tmp_path / "expert"), sync_expert=str(tmp_path / "expert"))
+    s1_cfg.task.loss.sync = 0.5
+    task = get_task_class(s1_cfg.task_name)(s1_cfg)
+    frozen = sum(x.nbytes for x in jax.tree_util.tree_leaves(task.pretrained))
+    assert frozen > 100_000
+    trainer = Trainer(task, s1_cfg, tmp_path / "s1", mesh=mesh)
+    batch = trainer._global(next(trainer.data_iterator()))
+    step_text = trainer._train_step.lower(trainer.abstract_state, batch).as_text()
+    init_text = jax.jit(trainer._init).lower(trainer._rng, task.pretrained).as_text()
+    for text in (step_text, init_text):
+        assert constant_bytes(text) < 0.02 * frozen, (constant_bytes(text), frozen)
+    state = trainer.init_state()
+    expert = load_model(tmp_path / "expert", "syncnet")
+    np.testing.assert_array_equal(state.params["expression"]["audio_encoder"]["blocks"][0]["weight"][...],
+                                  expert.audio_encoder.blocks[0].weight[...])
+    assert "sync_expert" in state.rest and not jax.tree_util.tree_leaves(state.params["sync_expert"])

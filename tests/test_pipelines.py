@@ -80,6 +80,22 @@ def test_process_shards_are_disjoint(data_dir):
     assert seen[0] | seen[1] == set(range(N_CLIPS))
 
 
+def test_processes_read_one_global_stream_with_their_own_draws(data_dir):
+    """Two processes interleave the one-process stream: same samples, different random draws
+    (window starts) at the same local position; no more clips needed than there are processes."""
+    one = pipelines.make_dataset("motion", data_dir, window=6, split="all", shard_index=0, shard_count=1)
+    parts = [pipelines.make_dataset("motion", data_dir, window=6, split="all", shard_index=k, shard_count=2)
+             for k in range(2)]
+    for i in range(12):
+        for k in range(2):
+            a, b = parts[k][i], one[2 * i + k]
+            assert (int(a["clip_index"]), int(a["start"])) == (int(b["clip_index"]), int(b["start"]))
+    starts = [[int(p[i]["start"]) for i in range(12)] for p in parts]
+    assert starts[0] != starts[1]  # one seed per process used to repeat these across processes
+    few = pipelines.make_dataset("motion", data_dir, window=6, split="all", shard_index=5, shard_count=64)
+    assert int(few[0]["clip_index"]) == int(one[5]["clip_index"])
+
+
 def test_heldout_split_is_by_identity(data_dir):
     ids = lambda split: {records.ClipDataset(data_dir).index[int(x["clip_index"])]["identity_id"]  # noqa: E731
                          for x in pipelines.make_dataset("animator", data_dir, split=split, num_epochs=1,
@@ -96,7 +112,7 @@ def test_short_clips_are_left_out(data_dir, caplog):
     assert "shorter than 10 frames" in caplog.text
     # Clips i with 8 + i % 3 >= 10 frames: i % 3 == 2.
     assert {int(x["clip_index"]) for x in ds} == {i for i in range(N_CLIPS) if i % 3 == 2}
-    with pytest.raises(records.DatasetError, match="fewer than"):
+    with pytest.raises(records.DatasetError, match="no 'all' clips with >= 11 frames"):
         pipelines.make_dataset("motion", data_dir, window=11, split="all", shard_index=0, shard_count=1)
 
 

@@ -254,7 +254,7 @@ def test_cli_without_weights_says_what_to_download_and_writes_nothing(tmp_path):
 # ------------------------------------------------------------------------------------ sharding
 
 
-def test_shards_split_the_list_and_the_last_manifest_is_whole(tmp_path, faces):
+def test_shards_split_the_list_and_one_merge_writes_the_manifest(tmp_path, faces):
     frames, wav = _read(_videos()[1], seconds=2.4)
     d = tmp_path / "in"
     d.mkdir()
@@ -263,12 +263,28 @@ def test_shards_split_the_list_and_the_last_manifest_is_whole(tmp_path, faces):
     videos = pp.list_videos([d])
     cfg = pp.PreprocessConfig(segment=SegmentConfig(min_seconds=1.0))
     r0 = _run(videos, tmp_path / "ds", faces, cfg=cfg, shard_index=0, num_shards=2)
+    assert r0["dataset_clips"] is None and not (tmp_path / "ds" / "manifest.json").exists()
+    with pytest.raises(pp.ShardsUnfinished, match="shards 1 of 2 have not finished"):
+        pp.merge(tmp_path / "ds")
     r1 = _run(videos, tmp_path / "ds", faces, cfg=cfg, shard_index=1, num_shards=2)
     assert (r0["videos_this_shard"], r1["videos_this_shard"]) == (2, 1)
+    assert not (tmp_path / "ds" / "manifest.json").exists()  # no shard races another to write it
+    from data_pipelines.video import cli as pcli
+
+    assert pcli.main(["--merge", "--out", str(tmp_path / "ds")]) == 0
     ds = ClipDataset(tmp_path / "ds")
     assert len(ds) == 3 and {r["identity_id"] for r in ds.index} == {"person0", "person1", "person2"}
     with pytest.raises(Exception, match="other settings"):
         _run(videos, tmp_path / "ds", faces, cfg=pp.PreprocessConfig(detect_size=320))
+
+
+def test_the_shard_comes_from_the_scheduler_without_jax_distributed():
+    from data_pipelines.video.cli import scheduler_shard
+
+    slurm = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_NNODES": "8", "SLURM_LOCALID": "0"}
+    assert scheduler_shard(None, None, slurm) == (8, 5)
+    assert scheduler_shard(4, 1, slurm) == (4, 1)
+    assert scheduler_shard(None, None, {}) == (1, 0)
 
 
 # ------------------------------------------------------------------------------------ units

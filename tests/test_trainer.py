@@ -179,25 +179,170 @@ def test_metrics_files_and_log_line(data_dir, tmp_path, caplog):
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
 
-def test_two_processes_train_together(data_dir, tmp_path):
+def _processes(workdir, data_dir, steps, *extra, procs=2, devices=2, env=None):
+    """``procs`` processes of launch/train.py on 127.0.0.1 with ``devices`` CPU devices each; their outputs."""
     import portpicker
+
     port = portpicker.pick_unused_port()
-    procs = [_run_cli(tmp_path / "mp", data_dir, 4, f"--coordinator=127.0.0.1:{port}", "--num_processes=2",
-                      f"--process_id={i}", "--cpu_devices=2", wait=False) for i in range(2)]
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-    for p, out in zip(procs, outs):
+    ps = [_run_cli(workdir, data_dir, steps, f"--coordinator=127.0.0.1:{port}", f"--num_processes={procs}",
+                   f"--process_id={i}", f"--cpu_devices={devices}", *extra, wait=False, env=env)
+          for i in range(procs)]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(procs) as pool:  # read all pipes at once: a full pipe would block a process
+        outs = list(pool.map(lambda p: p.communicate(timeout=300)[0], ps))
+    for p, out in zip(ps, outs):
         assert p.returncode == 0, out[-3000:]
+    return outs
+
+
+def _rows(workdir, key):
+    rows = [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r[key] for r in rows if key in r}
+
+
+def test_two_processes_match_one_and_resume_on_either_count(data_dir, tmp_path):
+    """Two processes x 2 devices train on one global stream: the same losses and held-out metrics
+    as one process x 4 devices (the stream, its random draws and the held-out set do not depend on
+    the process count). Resuming on two processes restores their iterators exactly; resuming that
+    checkpoint on one process restarts the stream at step x batch, so it goes on exactly as the
+    one-process run did."""
+    ev = ("--config.eval_every=2", "--config.eval_steps=2")
+    one = tmp_path / "one"
+    _run_cli(one, data_dir, 8, "--cpu_devices=4", *ev)
+    two = tmp_path / "two"
+    outs = _processes(two, data_dir, 4, *ev)
     finals = [o.strip().splitlines()[-1] for o in outs]
     assert finals[0].startswith("done at step 4") and finals[0] == finals[1]  # same loss on both
-    assert (tmp_path / "mp" / "checkpoints" / "4").is_dir()
-    # Restore the shared checkpoint in both processes and go on.
+    assert (two / "checkpoints" / "4").is_dir()
+    want, want_eval = _rows(one, "loss"), _rows(one, "eval/mse")
+    got, got_eval = _rows(two, "loss"), _rows(two, "eval/mse")
+    np.testing.assert_allclose([got[k] for k in (1, 2, 3, 4)], [want[k] for k in (1, 2, 3, 4)], rtol=2e-5)
+    np.testing.assert_allclose([got_eval[k] for k in (2, 4)], [want_eval[k] for k in (2, 4)], rtol=2e-5)
+    outs = _processes(two, data_dir, 6, *ev)
+    assert all("resumed from step 4" in o for o in outs)
+    out = _run_cli(two, data_dir, 8, "--cpu_devices=4", *ev)
+    assert "on 1 processes, saved by 2" in out and "global position 48" in out
+    got = _rows(two, "loss")
+    np.testing.assert_allclose([got[k] for k in range(5, 9)], [want[k] for k in range(5, 9)], rtol=2e-5)
+
+
+@pytest.fixture
+def gcs_bucket(tmp_path):
+    """A local Google Cloud Storage (gcp-storage-emulator, in memory) with bucket ``gohd``; yields
+    (the environment that points gcsfs / epath, TensorStore (Orbax) and google-cloud-storage at
+    it, the bucket's URI)."""
+    import portpicker
+    import time
+    import urllib.request
+
     port = portpicker.pick_unused_port()
-    procs = [_run_cli(tmp_path / "mp", data_dir, 6, f"--coordinator=127.0.0.1:{port}", "--num_processes=2",
-                      f"--process_id={i}", "--cpu_devices=2", wait=False) for i in range(2)]
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-    for p, out in zip(procs, outs):
-        assert p.returncode == 0 and "resumed from step 4" in out, out[-3000:]
-    assert outs[0].strip().splitlines()[-1] == outs[1].strip().splitlines()[-1]
+    log = open(tmp_path / "gcs.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",
+                               f"--port={port}", "--in-memory", "--default-bucket=gohd"], stdout=log,
+                              stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(f"{url}/storage/v1/b/gohd", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url, "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test",
+           "GOOGLE_CLOUD_PROJECT": "test"}
+    try:
+        yield env, "gs://gohd"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_a_bucket_workdir_is_one_folder_for_every_process(data_dir, tmp_path, gcs_bucket, monkeypatch):
+    """``--workdir=gs://...`` (a local GCS emulator here): both processes checkpoint into the
+    bucket, not into a local ``gs:`` folder, and both resume from the step process 0 finds there;
+    metrics.jsonl is in the bucket, whole across the two runs."""
+    from etils import epath
+
+    env, bucket = gcs_bucket
+    workdir = f"{bucket}/runs/mouth"
+    outs = _processes(workdir, data_dir, 4, env=env)
+    assert all(o.strip().splitlines()[-1].startswith("done at step 4") for o in outs)
+    assert not list(REPO.glob("gs:*")) and not list(Path.cwd().glob("gs:*"))  # no local copy
+    outs = _processes(workdir, data_dir, 6, env=env)
+    assert all("resumed from step 4" in o for o in outs), outs[0][-3000:]
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    run = epath.Path(workdir)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.isdigit()) == ["4", "6"]
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+_LOAD_MODELS = """
+import sys
+import jax
+import numpy as np
+jax.config.update("jax_num_cpu_devices", 2)
+if int(sys.argv[2]) > 1:
+    jax.distributed.initialize(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+from flax import nnx
+from gohd_jax.train.restore import load_models
+models, _ = load_models(sys.argv[4])
+print("CHECKSUM", repr(float(sum(np.abs(np.asarray(x, np.float64)).sum() for x in jax.tree.leaves(nnx.state(models["regressor"]))))))
+"""
+
+
+def test_every_process_restores_a_trained_model(data_dir, tmp_path):
+    """``load_models`` (how stage 1 and 2 load their frozen predecessors) on each of two processes:
+    each restores onto its own device and gets the weights one process gets."""
+    import portpicker
+
+    run = tmp_path / "run"
+    _run_cli(run, data_dir, 2)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+
+    def load(procs):
+        port = portpicker.pick_unused_port()
+        ps = [subprocess.Popen([sys.executable, "-c", _LOAD_MODELS, f"127.0.0.1:{port}", str(procs), str(i), str(run)],
+                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+              for i in range(procs)]
+        outs = [p.communicate(timeout=300)[0] for p in ps]
+        assert all(p.returncode == 0 for p in ps), outs[-1][-3000:]
+        return [o.split("CHECKSUM")[-1].strip() for o in outs]
+
+    alone = load(1)
+    assert load(2) == alone * 2
+
+
+def test_a_preemption_notice_stops_both_processes_at_one_step(data_dir, tmp_path):
+    """SIGTERM to one process of two: JAX's preemption service tells the other, both save the same
+    step and exit with --preempted_exit_code; rerunning resumes there."""
+    import portpicker
+    import re
+    import time
+
+    port = portpicker.pick_unused_port()
+    run = tmp_path / "run"
+    logs = [tmp_path / f"log{i}.txt" for i in range(2)]
+    cmd = lambda i: [sys.executable, str(REPO / "launch" / "train.py"),  # noqa: E731
+                     "--config", str(REPO / "configs" / "mouth_regressor.py:tiny"), f"--workdir={run}",
+                     f"--config.data.dir={data_dir}", "--config.data.window=4", "--config.batch_size=8",
+                     "--config.num_steps=100000", "--config.log_every=1000", "--config.eval_every=0",
+                     "--config.checkpoint_every=100000", "--config.task.hidden=32",
+                     f"--coordinator=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}",
+                     "--cpu_devices=1", "--preempted_exit_code=75"]
+    ps = [subprocess.Popen(cmd(i), stdout=open(logs[i], "w"), stderr=subprocess.STDOUT,
+                           env={**os.environ, "JAX_PLATFORMS": "cpu"}) for i in range(2)]
+    deadline = time.time() + 240
+    while "training MouthRegressorTask" not in logs[0].read_text() and time.time() < deadline:
+        time.sleep(0.5)
+    time.sleep(3)  # some steps in
+    ps[1].send_signal(signal.SIGTERM)
+    codes = [p.wait(timeout=240) for p in ps]
+    texts = [log.read_text() for log in logs]
+    assert codes == [75, 75], texts[0][-2000:] + texts[1][-2000:]
+    steps = [int(re.search(r"preempted: checkpoint of step (\d+)", t).group(1)) for t in texts]
+    assert steps[0] == steps[1] > 0 and (run / "checkpoints" / str(steps[0])).is_dir()
 
 
 def test_mouth_regressor_learns_on_synthetic_clips(tmp_path):

@@ -20,7 +20,9 @@ Output layout (a normal clip dataset: ``ClipDataset`` and the Grain pipelines re
     OUT/plan.json                           settings (a rerun with other settings is refused)
     OUT/videos/<key>.array_record           one video's clips
     OUT/videos/<key>.array_record.done.json its commit marker: records, drops, timing
-    OUT/manifest.json                       rebuilt from every marker when a process finishes
+    OUT/manifest.json                       built from every marker: at the end of a run of one
+                                            process; after a sharded run, by ``merge`` (one
+                                            final step, ``gohd-preprocess --merge``)
     OUT/report-<index>-of-<count>.json      that process's report
 
 A video counts as done once its marker exists (a video without clips has a marker and no shard),
@@ -341,11 +343,37 @@ def write_manifest(root: Path, plan: dict) -> dict:
     return records._finish_manifest(root, names, plan, extra_skipped=skipped)
 
 
+class ShardsUnfinished(records.DatasetError):
+    """``merge`` found shards of the run without their report (still running, or failed)."""
+
+
+def merge(out: str | Path) -> dict:
+    """The final step of a sharded run: checks that every shard of the run finished (its report
+    ``report-<i>-of-<n>.json`` exists for every i) and writes ``manifest.json`` from every video's
+    marker, once, so shards finishing together cannot overwrite each other's manifest."""
+    root = Path(out)
+    if not (root / records.PLAN).is_file():
+        raise records.DatasetError(f"{root}: no {records.PLAN}; not a gohd-preprocess output folder")
+    reports = sorted(root.glob("report-*-of-*.json"))
+    counts = {int(m.group(2)) for p in reports if (m := re.match(r"report-(\d+)-of-(\d+)\.json", p.name))}
+    if not counts:
+        raise ShardsUnfinished(f"{root}: no shard has finished (no report-*-of-*.json)")
+    n = max(counts)
+    missing = [i for i in range(n) if not (root / f"report-{i}-of-{n}.json").is_file()]
+    if missing:
+        raise ShardsUnfinished(f"{root}: shards {', '.join(map(str, missing))} of {n} have not finished; "
+                               f"merge after every shard has")
+    plan = json.loads((root / records.PLAN).read_text())
+    return write_manifest(root, plan)
+
+
 def preprocess(videos: list[str], out: str | Path, *, faces: FaceModels, estimators,
                cfg: PreprocessConfig = PreprocessConfig(), shard_index: int = 0, num_shards: int = 1,
                progress: bool = True) -> dict:
     """Processes this process's share of ``videos`` (every ``num_shards``-th, from ``shard_index``)
-    into ``out``; returns the report (also written to ``out/report-<i>-of-<n>.json``)."""
+    into ``out``; returns the report (also written to ``out/report-<i>-of-<n>.json``). With one
+    shard the manifest is written at the end; with several, ``merge(out)`` writes it once every
+    shard has finished (the report's ``dataset_clips`` is then None)."""
     if not 0 <= shard_index < num_shards:
         raise ValueError(f"--shard-index {shard_index} must be in [0, --num-shards {num_shards})")
     root = Path(out)
@@ -387,7 +415,7 @@ def preprocess(videos: list[str], out: str | Path, *, faces: FaceModels, estimat
         if bar is not None:
             bar.close()
     wall = time.perf_counter() - t0
-    manifest = write_manifest(root, plan)
+    manifest = write_manifest(root, plan) if num_shards == 1 else {"num_clips": None, "num_frames": None}
     report = {"shard_index": shard_index, "num_shards": num_shards, "videos_in_list": len(videos),
               "videos_this_shard": len(mine), "videos_already_done": len(mine) - len(todo),
               "videos_processed": len(todo), "videos_with_clips": len(todo) - sum(skips.values()),

@@ -12,9 +12,11 @@ chip (MaxText's ``train_compile.py``, for GoHD's stages).
 The train step runs on the config's mesh (``--config.mesh.data`` / ``--config.mesh.fsdp``;
 data=-1 takes the remaining chips) at the config's global batch; inference programs are
 data-parallel over every chip (``--render-batch`` frames per chip for ``render``, ``--clips``
-clips per chip for the others). ``--max-batch`` searches the largest batch that fits (doubling,
-then bisection to one example / frame / clip per chip; each step is a compile, and the reported
-record is the compile at that batch).
+clips per chip for the others). ``--max-batch`` searches the largest batch that fits: each guess
+comes from the peak memory of the compiles so far (memory is close to linear in the batch), a
+failed guess is followed by a bisection, and the search ends one example / frame / clip per chip
+from the limit (or within ``--max-batch-resolution``); each step is a compile, and the reported
+record is the compile at the largest batch that fits.
 
 Output: a markdown table on stdout, progress on stderr, ``--json=FILE`` with ``{"programs":
 [...]}`` (fields in ``gohd_jax/aot/report.py``). Exit status 1 when a program does not fit,
@@ -45,6 +47,8 @@ _JSON = flags.DEFINE_string("json", None, "Write the report here as JSON ({\"pro
 _PROGRAMS = flags.DEFINE_list("programs", None, "Programs to compile (default: all of the stage): train, "
                               "encode, render, motion_ddpm150, motion_ddim25, expression.")
 _MAX_BATCH = flags.DEFINE_bool("max-batch", False, "Search the largest batch that fits, per program.")
+_RESOLUTION = flags.DEFINE_float("max-batch-resolution", 0.0, "With --max-batch: stop when the largest fit and "
+                                 "the smallest failure are within this fraction of the fit (0: one chip's unit).")
 _RENDER_BATCH = flags.DEFINE_integer("render-batch", 64, "Frames per chip of the render program.")
 _CLIPS = flags.DEFINE_integer("clips", 1, "Clips per chip of encode, motion and expression programs.")
 _HLO_DIR = flags.DEFINE_string("hlo-dir", None, "Also write each compiled program's HLO text here.")
@@ -119,7 +123,8 @@ def _main(argv) -> None:
     for spec in specs:
         if _MAX_BATCH.value:
             rec = programs.search_max_batch(spec, lambda b, _s=spec: _compile_at(_s, b, target, _HLO_DIR.value),
-                                            max_per_unit=_MAX_PER_CHIP, progress=_progress)
+                                            max_per_unit=_MAX_PER_CHIP, resolution=_RESOLUTION.value,
+                                            progress=_progress)
         else:
             if spec.default_batch % spec.unit:
                 _fail(f"{spec.name}: batch {spec.default_batch} does not divide over {spec.unit} chips; "
@@ -151,7 +156,7 @@ def _main(argv) -> None:
 def main(argv: list[str] | None = None) -> None:
     """The console script: ``argv`` default ``sys.argv``."""
     prog = (argv or sys.argv)[0]
-    for name in ("config", "topology", "gpu", "json", "programs", "max-batch", "render-batch", "clips", "hlo-dir"):
+    for name in ("config", "topology", "gpu", "json", "programs", "max-batch", "max-batch-resolution", "render-batch", "clips", "hlo-dir"):
         flags.FLAGS.register_key_flag_for_module(prog, flags.FLAGS[name])  # shown by --help
     app.run(_main, argv=argv)
 

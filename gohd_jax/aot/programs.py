@@ -21,9 +21,10 @@
 Programs that read other runs: expression stage 2 restores stage 1 from ``task.stage1``; when it
 is empty, ``gohd-aot`` gives it a random stage 1 instead (the compiled step is the same: stage 1's
 parameters are part of the train state either way, frozen by the optimizer; the restored values
-only enter at initialisation). The animator's perceptual VGG19 runs only with
-``task.vgg19_weights``; ``--config.task.vgg19_weights=zeros`` compiles it with zero weights of the
-right shapes (the same program as with the converted weights) without the file.
+only enter at initialisation, as ``Task.pretrained``). The animator's perceptual VGG19 runs only
+with ``task.vgg19_weights``; ``--config.task.vgg19_weights=zeros`` compiles it from the weights'
+shapes alone (the same program as with the converted weights: they are an argument of the
+init and live in the state) without the file.
 """
 
 from __future__ import annotations
@@ -100,16 +101,15 @@ def make_task(config):
         cfg = copy.deepcopy(config)
         cfg.task.vgg19_weights = ""
         task = cls(cfg)
-        from gohd_jax.models.vgg19 import VGG19_CONVS
+        from gohd_jax.models.vgg19 import VGG19Features
 
-        task._vgg_params = {**{f"{n}.kernel": np.zeros((3, 3, ci, co), np.float32) for n, ci, co, _ in VGG19_CONVS},
-                            **{f"{n}.bias": np.zeros((co,), np.float32) for n, _, co, _ in VGG19_CONVS}}
+        task.use_vgg = True  # the VGG19 loss network's shapes; compiling needs no weights
+        task.pretrained["vgg"] = nnx.state(nnx.eval_shape(VGG19Features.zeros)).to_pure_dict()
         return task
     return cls(config)
 
 
 def _stage2_with_random_stage1(cls, config):
-    from gohd_jax.models.expression import TwoStageExpression
 
     class Stage2WithRandomStage1(cls):
         """ExpressionStage2Task without a stage-1 run: stage 1 keeps its random init."""
@@ -120,10 +120,6 @@ def _stage2_with_random_stage1(cls, config):
                 raise ValueError(f"stage 2 generates the {self.model_cfg.control_dim} controls stage 1 "
                                  f"reads: task.controls must be {self.model_cfg.control_dim}")
             self.stage1_dir = "(none: random stage 1, gohd-aot)"
-            self._stage1 = None
-
-        def create_models(self, rngs):
-            return {"expression": TwoStageExpression(self.model_cfg, rngs=rngs)}
 
     return Stage2WithRandomStage1(config)
 
@@ -400,30 +396,46 @@ def compile_program(spec: ProgramSpec, built: Built, target: Target, *, hlo_dir=
 
 
 def search_max_batch(spec: ProgramSpec, compile_at: Callable[[int], dict[str, Any]], *, max_per_unit: int = 1 << 16,
-                     progress: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
-    """The record of the largest global batch (a multiple of ``spec.unit``) whose compile fits:
-    doubling from the configured batch (or halving, when that does not fit), then bisection to
-    one unit. ``compile_at(batch)`` compiles and returns the record (``compile_program``)."""
+                     resolution: float = 0.0, progress: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
+    """The record of the largest global batch (a multiple of ``spec.unit``) whose compile fits.
+
+    ``compile_at(batch)`` compiles and returns the record (``compile_program``). Peak memory is
+    close to linear in the batch (arguments + per-example activations), so each guess comes from
+    the compiles so far: from one fitting compile, batch x memory / peak (a lower bound of the
+    limit when memory is affine with a positive intercept); from two, the line through them.
+    A guess that fails (memory is not quite linear: XLA's fusion and layout change with shape)
+    makes the next step a bisection. The search stops when the largest fit and the smallest
+    failure are one unit apart, or within ``resolution`` x the fit (e.g. 0.1: within 10%).
+    """
     unit = spec.unit
     tried: dict[int, dict[str, Any]] = {}
+    cap = max_per_unit * unit
 
     def fits(b: int) -> bool:
         tried[b] = compile_at(b)
         return bool(tried[b]["fits"])
 
-    b = max(unit, spec.default_batch // unit * unit)
-    lo = hi = None
+    def guess(lo: int, hi: int | None, bisect: bool) -> int:
+        if bisect and hi is not None:
+            return (lo + hi) // 2 // unit * unit
+        pts = sorted((b, r["peak_bytes_per_chip"], r["hbm_bytes_per_chip"]) for b, r in tried.items()
+                     if r["fits"] and r.get("peak_bytes_per_chip") and r.get("hbm_bytes_per_chip"))
+        if len(pts) >= 2 and pts[-1][1] > pts[-2][1]:
+            (b0, p0, hbm), (b1, p1, _) = pts[-2], pts[-1]
+            want = b1 + (hbm - p1) * (b1 - b0) / (p1 - p0)
+        elif pts:
+            b1, p1, hbm = pts[-1]
+            want = b1 * hbm / p1
+        else:
+            want = 2 * lo
+        g = int(want) // unit * unit
+        return g if hi is None else min(g, (lo + hi) // 2 // unit * unit if g >= hi else g)
+
+    b = min(cap, max(unit, spec.default_batch // unit * unit))
+    lo: int | None = None
+    hi: int | None = None
     if fits(b):
         lo = b
-        while hi is None:
-            if b * 2 > max_per_unit * unit:
-                progress(f"  {spec.name}: still fits at {b} ({b // unit} per chip); stopping the search there")
-                break
-            b *= 2
-            if fits(b):
-                lo = b
-            else:
-                hi = b
     else:
         hi = b
         while lo is None and b > unit:
@@ -434,10 +446,18 @@ def search_max_batch(spec: ProgramSpec, compile_at: Callable[[int], dict[str, An
                 hi = b
         if lo is None:
             return {**tried[unit], "max_batch": 0, "max_batch_compiles": len(tried)}
-    while hi is not None and hi - lo > unit:
-        mid = (lo + hi) // 2 // unit * unit
-        if fits(mid):
-            lo = mid
+    bisect = False
+    while hi is None or hi - lo > max(unit, resolution * lo):
+        if hi is None and lo >= cap:
+            progress(f"  {spec.name}: still fits at {lo} ({lo // unit} per chip); stopping the search there")
+            break
+        b = min(cap, max(lo + unit, guess(lo, hi, bisect)))
+        if hi is not None:
+            b = min(b, hi - unit)
+        if b in tried:  # the model repeats itself: bisect instead
+            b = (lo + hi) // 2 // unit * unit if hi is not None else min(cap, 2 * lo)
+        if fits(b):
+            lo, bisect = b, False
         else:
-            hi = mid
+            hi, bisect = b, True
     return {**tried[lo], "max_batch": lo, "max_batch_next_tried": hi, "max_batch_compiles": len(tried)}

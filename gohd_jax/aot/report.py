@@ -32,7 +32,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["COLLECTIVES", "collectives", "is_oom", "memory", "cost", "time_bound", "padded_nbytes",
+__all__ = ["COLLECTIVES", "collectives", "constant_bytes", "is_oom", "memory", "cost", "time_bound", "padded_nbytes",
            "per_chip_bytes", "argument_breakdown", "loop_correction", "markdown_table", "fmt_bytes"]
 
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
@@ -66,6 +66,24 @@ def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
             out[op]["count"] += 1
             out[op]["bytes"] += _shape_bytes(type_text)
     return out
+
+
+_CONSTANT = re.compile(r"stablehlo\.constant\s+dense<(.)[^>]*>\s*:\s*tensor<([^>]*)>")
+
+
+def constant_bytes(stablehlo_text: str) -> int:
+    """Bytes of the non-splat constants of a lowered program's StableHLO text (``lowered.as_text()``):
+    weights closed over by a jitted function end up here, baked into every compile. Splats (one
+    value broadcast, e.g. zeros) cost nothing and are not counted."""
+    total = 0
+    for first, ttype in _CONSTANT.findall(stablehlo_text):
+        if first not in '["':
+            continue  # a splat
+        *dims, dtype = ttype.split("x")
+        size = _DTYPE_BYTES.get({"i1": "pred", "i8": "s8", "i32": "s32", "i64": "s64", "ui8": "u8",
+                                 "ui32": "u32", "ui64": "u64"}.get(dtype, dtype), 4)
+        total += size * math.prod(int(d) for d in dims if d.isdigit())
+    return total
 
 
 def is_oom(error: BaseException | str) -> bool:

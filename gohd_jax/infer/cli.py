@@ -106,7 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--render-batch", type=int, default=8)
     e.add_argument("--clips", type=int, default=1, help="batch of the motion window function")
     e.add_argument("--precision", default="auto", metavar="{auto,float32,bfloat16}",
-                   help="compute precision of the exported functions (auto: by this machine's backend)")
+                   help="compute precision of the exported functions (auto: bfloat16 when every platform is "
+                        "an accelerator, else float32)")
+    e.add_argument("--platforms", default="cpu,cuda,tpu",
+                   help="comma-separated platforms to lower each function for (cpu, cuda, rocm, tpu); the "
+                        "file loads on any of them")
     return p
 
 
@@ -401,8 +405,11 @@ def cmd_export(args) -> int:
         bundle = load_bundle(args.checkpoint)
     except BundleError as e:
         raise UsageError(str(e)) from None
-    files = export_bundle(bundle, args.out, render_batch=args.render_batch, clips=args.clips,
-                          precision=args.precision)
+    try:
+        files = export_bundle(bundle, args.out, render_batch=args.render_batch, clips=args.clips,
+                              precision=args.precision, platforms=[p.strip() for p in args.platforms.split(",")])
+    except ValueError as e:
+        raise UsageError(f"--platforms: {e}") from None
     for f in files:
         print(f"wrote {f}")
     return 0

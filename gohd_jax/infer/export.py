@@ -12,13 +12,15 @@ pose_window.stablehlo      (cond [B,N,320], previous pose [B,6], key data uint32
 gaze_window.stablehlo      (cond [B,N,320], previous gaze [B,2], key data uint32 [B,2]) -> [B,N,2]
 =========================  ===============================================================
 
-``export.json`` records the shapes (R, B, N), the bundle's sampling settings and the compute
-precision. N is the window's input length (``window - 1`` for the release alignment, ``window``
+Each file holds the function lowered for every platform of ``platforms`` (default ``cpu``,
+``cuda`` and ``tpu``: an export made on a CPU machine loads on a GPU or TPU, and JAX picks the
+caller's). ``export.json`` records the shapes (R, B, N), the bundle's sampling settings, the
+platforms and the compute precision. N is the window's input length (``window - 1`` for the release alignment, ``window``
 for ours). The motion directions Q = QR(W) are computed once, in float32, at export and baked in
 with the weights: the exported renderer has no QR. ``precision`` ("auto" | "float32" |
-"bfloat16", or a ``Policy``) is resolved for the platform the functions are exported for (this
-machine's backend, as ``jax.export`` does by default); None (the default) exports the models as
-they are.
+"bfloat16", or a ``Policy``) is one for all the platforms (a function is traced once): "auto"
+is bfloat16 when every platform is an accelerator and float32 when the CPU is one of them; None
+(the default) exports the models as they are.
 """
 
 from __future__ import annotations
@@ -31,18 +33,27 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-__all__ = ["export_bundle", "exported_functions"]
+__all__ = ["export_bundle", "exported_functions", "PLATFORMS"]
+
+PLATFORMS = ("cpu", "cuda", "tpu")
 
 
-def _policy_bundle(bundle, precision):
+def _policy_bundle(bundle, precision, platforms=PLATFORMS):
     """(``bundle`` with its four models under ``precision`` (views), the policy); None: (the
-    bundle itself, None)."""
+    bundle itself, None). The policy's platform (which picks layer forms, e.g. the transposed
+    convolution's) is the first accelerator of ``platforms``, else the CPU."""
     if precision is None:
         return bundle, None
     from gohd_jax.nn.policy import with_policy
     from gohd_jax.nn import policy as policy_lib
 
-    pol = precision if isinstance(precision, policy_lib.Policy) else policy_lib.resolve(precision)
+    accelerators = [p for p in platforms if p != "cpu"]
+    target = {"cuda": "gpu", "rocm": "gpu"}.get(accelerators[0], accelerators[0]) if accelerators else "cpu"
+    if isinstance(precision, policy_lib.Policy):
+        pol = precision
+    else:  # "auto" over several platforms: float32 if any of them is the CPU
+        pol = policy_lib.resolve(precision if precision != "auto" or "cpu" not in platforms else "float32",
+                                 platform=target)
     return dataclasses.replace(bundle, **{role: with_policy(getattr(bundle, role), pol)
                                           for role in ("animator", "pose", "gaze", "expression")}), pol
 
@@ -88,18 +99,24 @@ def exported_functions(bundle, *, render_batch: int = 8, clips: int = 1, precisi
     return fns
 
 
-def export_bundle(bundle, out, *, render_batch: int = 8, clips: int = 1, precision=None) -> list[Path]:
+def export_bundle(bundle, out, *, render_batch: int = 8, clips: int = 1, precision=None,
+                  platforms=PLATFORMS) -> list[Path]:
     from jax import export
 
-    bundle, policy = _policy_bundle(bundle, precision)
+    platforms = tuple(platforms)
+    unknown = sorted(set(platforms) - {"cpu", "cuda", "rocm", "tpu"})
+    if unknown or not platforms:
+        raise ValueError(f"platforms must be among cpu, cuda, rocm, tpu; got {', '.join(platforms) or 'none'}")
+    bundle, policy = _policy_bundle(bundle, precision, platforms)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = []
     meta = {"render_batch": render_batch, "clips": clips, "image_size": bundle.image_size,
             "pose_spec": dataclasses.asdict(bundle.pose_spec), "gaze_spec": dataclasses.asdict(bundle.gaze_spec),
-            "precision": None if policy is None else policy.compute, "functions": {}}
+            "precision": None if policy is None else policy.compute, "platforms": list(platforms),
+            "functions": {}}
     for name, (fn, args) in exported_functions(bundle, render_batch=render_batch, clips=clips).items():
-        exp = export.export(jax.jit(fn))(*args)
+        exp = export.export(jax.jit(fn), platforms=platforms)(*args)
         path = out / f"{name}.stablehlo"
         path.write_bytes(exp.serialize())
         meta["functions"][name] = {"inputs": [[list(a.shape), str(a.dtype)] for a in args],

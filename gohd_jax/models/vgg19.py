@@ -130,6 +130,14 @@ class VGG19Features(nnx.Module):
         self.mean = VGGWeight(jnp.asarray(IMAGENET_MEAN, jnp.float32))
         self.std = VGGWeight(jnp.asarray(IMAGENET_STD, jnp.float32))
 
+    @classmethod
+    def zeros(cls, **kwargs) -> "VGG19Features":
+        """All-zero weights of the right shapes (no random init: usable inside jit), to be
+        overwritten with real ones (``Task.pretrained``)."""
+        params = {**{f"{n}.kernel": jnp.zeros((3, 3, ci, co), jnp.float32) for n, ci, co, _ in VGG19_CONVS},
+                  **{f"{n}.bias": jnp.zeros((co,), jnp.float32) for n, _, co, _ in VGG19_CONVS}}
+        return cls(params=params, **kwargs)
+
     def normalize(self, x: jax.Array) -> jax.Array:
         """[-1, 1] RGB -> ImageNet-normalised input (LIA: clamp, /2 + 0.5, (x - mean) / std)."""
         x = jnp.clip(x, -1.0, 1.0) / 2 + 0.5

@@ -1,7 +1,7 @@
 """Training metrics: a periodic log line, TensorBoard event files and a JSONL file.
 
-Only process 0 writes. Files in the workdir: ``metrics.jsonl`` (one JSON object
-per logged step) and ``tensorboard/`` (event files, via tensorboardX, no
+Only process 0 writes. Files in the workdir (a folder or a bucket URI): ``metrics.jsonl``
+(one JSON object per logged step) and ``tensorboard/`` (event files, via tensorboardX, no
 TensorFlow needed).
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
-from pathlib import Path
 
 log = logging.getLogger("gohd_jax.train")
 
@@ -26,24 +26,48 @@ def _fmt_time(seconds: float) -> str:
 
 
 class MetricWriter:
-    def __init__(self, workdir: str | Path, *, enabled: bool = True, tensorboard: bool = True):
+    """``metrics.jsonl`` and TensorBoard events in ``workdir`` (a local folder or a bucket URI).
+
+    A local JSONL is appended to, line by line. Object stores cannot append, so on a URI the
+    file is rewritten whole (what it held before this run, plus this run's lines) at each
+    ``write``: a few hundred bytes per logged step. TensorBoard goes through tensorboardX,
+    which writes ``gs://`` and ``s3://`` itself (with google-cloud-storage / boto3 installed).
+    """
+
+    def __init__(self, workdir: str | os.PathLike, *, enabled: bool = True, tensorboard: bool = True):
         self.enabled = enabled
         self._jsonl = None
+        self._lines: list[str] | None = None
         self._tb = None
         if not enabled:
             return
-        workdir = Path(workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(workdir / "metrics.jsonl", "a")
+        from gohd_jax.train.checkpoint import as_path, is_uri
+
+        root = as_path(workdir)
+        root.mkdir(parents=True, exist_ok=True)
+        self._path = root / "metrics.jsonl"
+        if is_uri(workdir):
+            self._lines = [self._path.read_text()] if self._path.exists() else []
+        else:
+            self._jsonl = open(os.fspath(self._path), "a")
         if tensorboard:
             from tensorboardX import SummaryWriter
-            self._tb = SummaryWriter(str(workdir / "tensorboard"), flush_secs=30)
+            try:
+                self._tb = SummaryWriter(os.fspath(root / "tensorboard"), flush_secs=30)
+            except Exception as e:  # noqa: BLE001 (e.g. gs:// without google-cloud-storage)
+                log.warning("TensorBoard event files off (%s: %s); metrics.jsonl has every logged value",
+                            type(e).__name__, e)
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
-        self._jsonl.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
-        self._jsonl.flush()
+        line = json.dumps({"step": step, "time": time.time(), **metrics}) + "\n"
+        if self._jsonl is not None:
+            self._jsonl.write(line)
+            self._jsonl.flush()
+        else:
+            self._lines.append(line)
+            self._path.write_text("".join(self._lines))
         if self._tb is not None:
             for k, v in metrics.items():
                 self._tb.add_scalar(k, v, step)  # tensorboardX flushes in the background (and on close)

@@ -4,19 +4,21 @@
     models, config = load_models("workdir/stage1")               # every model of the run
 
 The run's own resolved config (saved in every checkpoint) says which task built it, so the caller
-needs neither the config file nor the task class. Restores onto one device (no data iterator).
+needs neither the config file nor the task class. Restores onto one device of this process
+(``jax.local_devices()[0]``: on a multi-host run every process restores its own copy), with no
+data iterator. ``workdir`` is a folder or a bucket URI (``gs://...``).
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import os
 
 import jax
 import ml_collections
 from flax import nnx
 
-from gohd_jax.train.checkpoint import Checkpointer
+from gohd_jax.train.checkpoint import Checkpointer, as_path
 
 __all__ = ["RunNotFound", "load_models", "load_model", "run_config"]
 
@@ -25,7 +27,8 @@ class RunNotFound(FileNotFoundError):
     """The folder has no checkpoint of a training run."""
 
 
-def _latest(workdir: Path) -> tuple[Checkpointer, int]:
+def _latest(workdir: str | os.PathLike) -> tuple[Checkpointer, int]:
+    workdir = as_path(workdir)
     if not (workdir / "checkpoints").is_dir():
         raise RunNotFound(f"{workdir}: no checkpoints/ folder; is this a training run's --workdir?")
     ckpt = Checkpointer(workdir, async_save=False)
@@ -42,7 +45,7 @@ def _as_config(d: dict) -> ml_collections.ConfigDict:
 
 def run_config(workdir) -> ml_collections.ConfigDict:
     """The resolved config saved with the run's latest checkpoint."""
-    ckpt, step = _latest(Path(workdir))
+    ckpt, step = _latest(workdir)
     try:
         return _as_config(ckpt.restore_config(step))
     finally:
@@ -59,12 +62,11 @@ def load_models(workdir, *, ema: bool = True, expect_task: str | None = None
     from gohd_jax.train.tasks import get_task_class
     from gohd_jax.train.trainer import Trainer
 
-    workdir = Path(workdir)
     config = run_config(workdir)
     if expect_task is not None and config.task_name != expect_task:
         raise ValueError(f"{workdir} is a {config.task_name!r} run, not {expect_task!r}")
     task = get_task_class(config.task_name)(config)
-    trainer = Trainer(task, config, workdir, mesh=make_mesh(1, 1, devices=jax.devices()[:1]))
+    trainer = Trainer(task, config, workdir, mesh=make_mesh(1, 1, devices=jax.local_devices()[:1]))
     ckpt, step = _latest(workdir)
     try:
         state = ckpt.restore(step, trainer.abstract_state, None)

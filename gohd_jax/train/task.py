@@ -30,9 +30,18 @@ class Task(abc.ABC):
 
     #: Models whose parameters the trainer keeps an EMA of (``config.ema_decay`` > 0).
     ema_models: tuple[str, ...] = ()
+    #: Frozen networks (a loss network, an expert): their whole state lives in ``state.rest``
+    #: (no parameters, no optimizer, no EMA); a step reads them with ``ctx.model(state, name)``.
+    frozen_models: tuple[str, ...] = ()
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
+        #: Weights the models start from (loaded on the host by the task's ``__init__``): module
+        #: path ("vgg", "expression.stage1": a model name, then attributes) -> the pure dict of
+        #: that module's state (``nnx.state(m).to_pure_dict()``). The trainer passes them to its
+        #: jitted init as an argument and writes them into the new models, so no compiled program
+        #: holds them as constants; afterwards they are part of the state (and of checkpoints).
+        self.pretrained: dict[str, Any] = {}
 
     @abc.abstractmethod
     def create_models(self, rngs: nnx.Rngs) -> dict[str, nnx.Module]:

@@ -32,7 +32,7 @@ import logging
 import math
 import signal
 import threading
-from pathlib import Path
+import os
 from typing import Any
 
 import jax
@@ -40,11 +40,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from data_pipelines import pipelines
 from gohd_jax.nn import policy as policy_lib
 from gohd_jax.parallel import host_to_global, make_mesh, param_shardings
-from gohd_jax.train.checkpoint import Checkpointer, abstract_like
+from gohd_jax.train.checkpoint import Checkpointer, abstract_like, as_path
 from gohd_jax.train.metrics import MetricWriter, Throughput, log_line
 from gohd_jax.train.state import StepContext, TrainState, step_with_ema
 from gohd_jax.train.task import Task
@@ -65,10 +66,13 @@ class TrainResult:
 
 
 class Trainer:
-    def __init__(self, task: Task, config: ml_collections.ConfigDict, workdir: str | Path, mesh=None):
-        self.task, self.config, self.workdir = task, config, Path(workdir)
+    def __init__(self, task: Task, config: ml_collections.ConfigDict, workdir: str | os.PathLike, mesh=None):
+        self.task, self.config, self.workdir = task, config, as_path(workdir)  # a folder or gs://...
         self.mesh = mesh if mesh is not None else make_mesh(config.mesh.data, config.mesh.fsdp)
-        self.process_index, self.process_count = jax.process_index(), jax.process_count()
+        # The processes whose devices the mesh spans (all of them, except for a mesh of this
+        # process's own devices, e.g. restoring a frozen stage on every host).
+        procs = sorted({d.process_index for d in self.mesh.devices.flat})
+        self.process_index, self.process_count = procs.index(jax.process_index()), len(procs)
         gb = int(config.batch_size)
         if gb % self.mesh.size or gb % self.process_count:
             raise ValueError(f"batch_size {gb} must divide evenly over the mesh's {self.mesh.size} devices "
@@ -81,7 +85,7 @@ class Trainer:
         self.ema_decay = float(config.get("ema_decay", 0.0))
         rules = tuple(tuple(r) for r in config.get("sharding_rules", ((".*", "fsdp"),)))
         self._rng = jax.random.key_data(jax.random.key(int(config.seed)))
-        abstract = jax.eval_shape(self._init, self._rng)
+        abstract = jax.eval_shape(self._init, self._rng, task.pretrained)
         self.state_shardings = param_shardings(abstract, self.mesh, rules)
         self.abstract_state = abstract_like(abstract, self.state_shardings)
         self._train_step = jax.jit(self._step, in_shardings=(self.state_shardings, None),
@@ -95,12 +99,25 @@ class Trainer:
         """The task's models with the run's precision / remat policy."""
         return policy_lib.apply(self.task.create_models(rngs), self.policy)
 
-    def _init(self, rng_data) -> TrainState:
+    def _init(self, rng_data, pretrained: dict[str, Any]) -> TrainState:
+        """The initial state; ``pretrained`` (``Task.pretrained``) is an argument, not a constant."""
         key = jax.random.wrap_key_data(rng_data)
         models = self._create_models(nnx.Rngs(jax.random.fold_in(key, 0)))
+        for path, weights in pretrained.items():
+            name, *attrs = path.split(".")
+            module = models[name]
+            for a in attrs:
+                module = getattr(module, a)
+            state = nnx.state(module)
+            nnx.replace_by_pure_dict(state, weights)
+            nnx.update(module, state)
         params, rest = {}, {}
         for name, model in models.items():
-            _, params[name], rest[name] = nnx.split(model, nnx.Param, ...)
+            if name in self.task.frozen_models:
+                _, rest[name] = nnx.split(model)
+                params[name] = nnx.State({})
+            else:
+                _, params[name], rest[name] = nnx.split(model, nnx.Param, ...)
         opt = {n: tx.init(params[n]) for n, tx in self.ctx.optimizers.items()}
         ema = {n: params[n] for n in self.task.ema_models} if self.ema_decay > 0 else {}
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt=opt, ema=ema,
@@ -114,7 +131,9 @@ class Trainer:
 
     def init_state(self) -> TrainState:
         """Fresh state, created directly in its shardings."""
-        return jax.jit(self._init, out_shardings=self.state_shardings)(self._rng)
+        replicated = NamedSharding(self.mesh, PartitionSpec())  # every process passes the same host weights
+        return jax.jit(self._init, in_shardings=(replicated, replicated),
+                       out_shardings=self.state_shardings)(self._rng, self.task.pretrained)
 
     def lower_train_step(self, batch_spec: dict[str, Any]):
         """The jitted train step lowered for the abstract state and ``batch_spec`` (a dict of
@@ -122,19 +141,34 @@ class Trainer:
         ``.compile()`` it for its memory and cost analyses (``gohd-aot``)."""
         return self._train_step.lower(self.abstract_state, batch_spec)
 
-    def data_iterator(self, split: str = "train"):
-        ds = self.task.dataset(split, seed=int(self.config.seed), shard_index=self.process_index,
-                               shard_count=self.process_count)
-        return pipelines.make_iterator(ds, self.host_batch, num_workers=int(self.config.data.num_workers))
+    def process_dataset(self, split: str, start: int = 0):
+        """This process's part of the global sample stream of ``split`` from global position
+        ``start``: positions start + process_index, + process_count, ... The stream is shuffled
+        and sampled over the whole clip list with per-position randomness (window starts, sync
+        labels, augmentation), so the processes draw different samples and the global batch at
+        a step does not depend on the number of processes."""
+        ds = self.task.dataset(split, seed=int(self.config.seed), shard_index=0, shard_count=1)
+        return ds[start + self.process_index::self.process_count]
+
+    def data_iterator(self, split: str = "train", start: int = 0):
+        return pipelines.make_iterator(self.process_dataset(split, start), self.host_batch,
+                                       num_workers=int(self.config.data.num_workers))
 
     def _global(self, batch) -> dict[str, jax.Array]:
         return host_to_global(batch, self.mesh)
 
+    def heldout_dataset(self):
+        """The fixed held-out stream of this process, built (and checked: a run without held-out
+        clips fails here, at start-up) once; every eval reads its first ``eval_steps`` batches."""
+        if getattr(self, "_heldout", None) is None:
+            self._heldout = self.process_dataset("heldout")
+        return self._heldout
+
     def evaluate(self, state: TrainState) -> dict[str, float]:
-        """Mean of the task's eval metrics over ``eval_steps`` held-out batches (the same ones every time)."""
-        ds = self.task.dataset("heldout", seed=int(self.config.seed), shard_index=self.process_index,
-                               shard_count=self.process_count)
-        it = pipelines.make_iterator(ds, self.host_batch)
+        """Mean of the task's eval metrics over ``eval_steps`` held-out batches (the same ones every
+        time, whatever the number of processes: the global held-out stream's first
+        ``eval_steps x batch_size`` samples)."""
+        it = pipelines.make_iterator(self.heldout_dataset(), self.host_batch)
         sums: dict[str, float] = {}
         n = int(self.config.eval_steps)
         for _ in range(n):
@@ -185,13 +219,26 @@ class Trainer:
             flag = bool(np.any(multihost_utils.process_allgather(np.array(flag))))
         return flag
 
+    @staticmethod
+    def _jax_preemption_service() -> bool:
+        """Whether JAX's coordination service watches for preemption (``jax.distributed`` is up
+        with its preemption sync manager): it then owns SIGTERM, and every process learns of a
+        notice at the same step through ``reached_preemption_sync_point``."""
+        from jax._src import distributed
+
+        return (distributed.global_state.client is not None
+                and distributed.global_state.preemption_sync_manager is not None)
+
     def train(self) -> TrainResult:
         cfg = self.config
         total = int(cfg.num_steps)
+        if int(cfg.eval_every):
+            self.heldout_dataset()  # no held-out clips: fail now, not at the first eval
         ckpt = Checkpointer(self.workdir, keep=int(cfg.keep_checkpoints))
         writer = MetricWriter(self.workdir, enabled=self.process_index == 0)
         old_handler = None
-        if threading.current_thread() is threading.main_thread():
+        self._sync_preemption = self._jax_preemption_service()
+        if threading.current_thread() is threading.main_thread() and not self._sync_preemption:
             old_handler = signal.signal(signal.SIGTERM, self._handle_sigterm)
         try:
             return self._loop(total, ckpt, writer)
@@ -203,13 +250,25 @@ class Trainer:
 
     def _loop(self, total: int, ckpt: Checkpointer, writer: MetricWriter) -> TrainResult:
         cfg = self.config
-        it = self.data_iterator("train")
         latest = ckpt.latest_step()
-        if latest is not None:
+        data_start = 0  # the global stream position this run's iterators count from
+        saved_by = (ckpt.run_info(latest) or {}) if latest is not None else {}
+        if latest is None:
+            it = self.data_iterator("train")
+            state = self.init_state()
+        elif int(saved_by.get("process_count", self.process_count)) == self.process_count:
+            data_start = int(saved_by.get("data_start", 0))
+            it = self.data_iterator("train", start=data_start)
             state = ckpt.restore(latest, self.abstract_state, it)
             log.info("resumed from step %d (%s)", latest, ckpt.directory)
-        else:
-            state = self.init_state()
+        else:  # the data iterators were saved by another number of processes, one per process
+            state = ckpt.restore(latest, self.abstract_state, None)
+            data_start = latest * self.global_batch
+            it = self.data_iterator("train", start=data_start)
+            if self.process_index == 0:
+                log.warning("resumed from step %d (%s) on %d processes, saved by %d: the data stream restarts at "
+                            "its global position %d (step x batch) instead of the saved iterator states",
+                            latest, ckpt.directory, self.process_count, saved_by["process_count"], data_start)
         start = int(jax.device_get(state.step))
         n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
         log.info("training %s: %d parameters, mesh %s, global batch %d (%d per process), steps %d -> %d%s",
@@ -243,7 +302,11 @@ class Trainer:
             pending.append((step, metrics))
             boundary = step % int(cfg.log_every) == 0 or step == total
             save_now = step % int(cfg.checkpoint_every) == 0 or step == total
-            stop = self._stop.is_set() if self.process_count == 1 else boundary and self._preempted()
+            if self._sync_preemption:  # every step: cheap, and the same answer on every process
+                from jax.experimental import multihost_utils
+                stop = multihost_utils.reached_preemption_sync_point(step)
+            else:
+                stop = self._stop.is_set() if self.process_count == 1 else boundary and self._preempted()
             if boundary or save_now or stop:
                 absorb()  # before any checkpoint: a diverged state is never saved
             if boundary:
@@ -260,7 +323,7 @@ class Trainer:
                              " ".join(f"{k}={v:.4g}" for k, v in sorted(eval_metrics.items())))
                 writer.write(step, eval_metrics)
             if save_now or stop:
-                ckpt.save(step, state, it, cfg.to_dict())
+                ckpt.save(step, state, it, cfg.to_dict(), data_start=data_start)
                 saved_step = step
             if stop:
                 status = "preempted"

@@ -28,7 +28,9 @@ import logging
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from flax import nnx
 
 from gohd_jax.models.animator import AnimatorConfig, SemanticAnimator
 from gohd_jax.models.discriminator import Discriminator
@@ -55,20 +57,25 @@ class AnimatorTask(Task):
     def __init__(self, config):
         super().__init__(config)
         self.model_cfg = animator_config(config.task)
-        self._vgg_params = None
-        if config.task.vgg19_weights:  # read on the host once; enters the state at init
+        self.use_vgg = bool(config.task.vgg19_weights)
+        if self.use_vgg:  # read on the host once; the trainer's init writes it into the state
             from gohd_jax.interop.vgg19_weights import load_vgg19_params
-            self._vgg_params = load_vgg19_params(config.task.vgg19_weights)
+            from gohd_jax.models.vgg19 import VGG19Features
+
+            params = load_vgg19_params(config.task.vgg19_weights)
+            with jax.default_device(jax.local_devices(backend="cpu")[0]):
+                vgg = VGG19Features(params=params)
+            self.pretrained["vgg"] = jax.tree_util.tree_map(np.asarray, nnx.state(vgg).to_pure_dict())
 
     def create_models(self, rngs):
         models = {"generator": SemanticAnimator(self.model_cfg, rngs=rngs),
                   "discriminator": Discriminator(self.model_cfg.size, channels=self.model_cfg.channel_map(),
                                                  rngs=rngs)}
-        if self._vgg_params is not None:
+        if self.use_vgg:
             # Frozen loss network: its weights are not nnx.Param, so they live in state.rest,
             # are passed to the step as arguments (not baked-in constants) and get no optimizer.
             from gohd_jax.models.vgg19 import VGG19Features
-            models["vgg"] = VGG19Features(params=self._vgg_params)
+            models["vgg"] = VGG19Features.zeros()
         return models
 
     def optimizers(self):
@@ -162,6 +169,6 @@ class AnimatorTask(Task):
                                       heldout_fraction=float(self.config.data.heldout_fraction))
 
     def describe(self):
-        perceptual = "VGG19 pyramid" if self._vgg_params is not None else (
+        perceptual = "VGG19 pyramid" if self.use_vgg else (
             "no VGG19 weights given: L1 + MS-SSIM + gradient losses instead of the VGG19 pyramid")
         return {"image_size": self.model_cfg.size, "losses": perceptual}

@@ -116,22 +116,31 @@ class _ExpressionTask(Task):
                 "mouth_mae_copy_exp0": jnp.mean(jnp.abs(self._mouth(copy) - self._mouth(gt)))}
 
 
+def _host_state(module) -> dict:
+    """A module's state as a pure dict of host arrays (``Task.pretrained``)."""
+    return jax.tree_util.tree_map(np.asarray, nnx.state(module).to_pure_dict())
+
+
 class ExpressionStage1Task(_ExpressionTask):
+    """Stage 1; with ``task.expert``, its audio encoder starts as the expert's and stays frozen; with
+    ``task.sync_expert``, that frozen coefficient-space expert (``sync_expert`` in ``state.rest``,
+    an argument of the step, not a constant) gives the sync loss."""
+
+    frozen_models = ("sync_expert",)
+
     def __init__(self, config):
         super().__init__(config)
         self.expert = str(config.task.get("expert", "") or "")
-        self._expert_encoder = None
         if self.expert:
             from gohd_jax.train.restore import load_model
 
             sync = load_model(self.expert, "syncnet", expect_task="syncnet")
-            enc = sync.audio_encoder
             if abs(sync.cfg.width - self.model_cfg.audio_width) > 1e-9:
                 raise ValueError(f"the expert's audio encoder has width {sync.cfg.width}, the stage-1 "
                                  f"model {self.model_cfg.audio_width}: set task.model.audio_width")
-            self._expert_encoder = jax.tree_util.tree_map(np.asarray, nnx.state(enc))
+            self.pretrained["expression.audio_encoder"] = _host_state(sync.audio_encoder)
         self.sync_expert = str(config.task.get("sync_expert", "") or "")
-        self._sync = None
+        self._sync_cfg = None
         if self.sync_expert:
             from gohd_jax.models.syncnet import MouthSyncNet
             from gohd_jax.train.restore import load_model
@@ -140,16 +149,15 @@ class ExpressionStage1Task(_ExpressionTask):
             if not isinstance(sync, MouthSyncNet):
                 raise ValueError(f"{self.sync_expert}: the sync loss needs a coefficient-space expert "
                                  f"(task.visual='mouth'); this run trained a pixel expert")
-            graphdef, sync_state = nnx.split(sync)
-            self._sync = (graphdef, jax.tree_util.tree_map(np.asarray, sync_state))
+            self._sync_cfg = sync.cfg
+            self.pretrained["sync_expert"] = _host_state(sync)
         elif float(config.task.loss.get("sync", 0.0)):
             raise ValueError("task.loss.sync > 0 needs task.sync_expert (a task.visual='mouth' expert run)")
 
-    def sync_cosine(self, exp: jax.Array, mel_windows: jax.Array) -> jax.Array:
-        """Mean cosine of the frozen coefficient expert between each frame's mel window and the
-        mouth coefficients of the frames around it; exp [B,T,64], mel_windows [B,T,80,16]."""
-        graphdef, sync_state = self._sync
-        expert = nnx.merge(graphdef, jax.tree_util.tree_map(jnp.asarray, sync_state))
+    def sync_cosine(self, expert, exp: jax.Array, mel_windows: jax.Array) -> jax.Array:
+        """Mean cosine of the frozen coefficient ``expert`` (``ctx.model(state, "sync_expert")``)
+        between each frame's mel window and the mouth coefficients of the frames around it;
+        exp [B,T,64], mel_windows [B,T,80,16]."""
         n = expert.cfg.frames
         b, t = exp.shape[:2]
         if t < n:
@@ -163,13 +171,15 @@ class ExpressionStage1Task(_ExpressionTask):
 
     @property
     def frozen_encoder(self) -> bool:
-        return self._expert_encoder is not None
+        return bool(self.expert)
 
     def create_models(self, rngs):
-        model = FrameExpression(self.model_cfg, rngs=rngs)
-        if self._expert_encoder is not None:
-            nnx.update(model.audio_encoder, jax.tree_util.tree_map(jnp.asarray, self._expert_encoder))
-        return {"expression": model}
+        models = {"expression": FrameExpression(self.model_cfg, rngs=rngs)}
+        if self._sync_cfg is not None:
+            from gohd_jax.models.syncnet import MouthSyncNet
+
+            models["sync_expert"] = MouthSyncNet(self._sync_cfg, rngs=rngs)
+        return models
 
     def _controls(self, batch):
         return batch["controls"][..., : self.model_cfg.controls] if self.model_cfg.controls else None
@@ -186,8 +196,8 @@ class ExpressionStage1Task(_ExpressionTask):
             exp = model.head(em, batch["exp0"], self._controls(batch))
             terms = {"loss_mse": jnp.mean((exp - batch["expression"]) ** 2)}
             total = terms["loss_mse"]
-            if self._sync is not None:
-                terms["sync_cos"] = self.sync_cosine(exp, batch["mel_windows"])
+            if self._sync_cfg is not None:
+                terms["sync_cos"] = self.sync_cosine(ctx.model(state, "sync_expert"), exp, batch["mel_windows"])
                 total = total + float(self.config.task.loss.get("sync", 0.0)) * (1.0 - terms["sync_cos"])
             return total, (ctx.rest_of(model), exp, terms)
 
@@ -200,9 +210,10 @@ class ExpressionStage1Task(_ExpressionTask):
         model = ctx.ema_model(state, "expression") if state.ema else ctx.model(state, "expression")
         exp = model(batch["mel_windows"], batch["exp0"], self._controls(batch))
         terms = self._eval_terms(exp, batch)
-        if self._sync is not None:
-            terms["sync_cos"] = self.sync_cosine(exp, batch["mel_windows"])
-            terms["sync_cos_gt"] = self.sync_cosine(batch["expression"], batch["mel_windows"])
+        if self._sync_cfg is not None:
+            expert = ctx.model(state, "sync_expert")
+            terms["sync_cos"] = self.sync_cosine(expert, exp, batch["mel_windows"])
+            terms["sync_cos_gt"] = self.sync_cosine(expert, batch["expression"], batch["mel_windows"])
         return terms
 
     def describe(self):
@@ -228,12 +239,10 @@ class ExpressionStage2Task(_ExpressionTask):
             raise ValueError(f"{stage1}: its stage 1 (controls {s1.cfg.controls}, audio width "
                              f"{s1.cfg.audio_width}) does not match this config")
         self.stage1_dir = stage1
-        self._stage1 = jax.tree_util.tree_map(np.asarray, nnx.state(s1))
+        self.pretrained["expression.stage1"] = _host_state(s1)
 
     def create_models(self, rngs):
-        model = TwoStageExpression(self.model_cfg, rngs=rngs)
-        nnx.update(model.stage1, jax.tree_util.tree_map(jnp.asarray, self._stage1))
-        return {"expression": model}
+        return {"expression": TwoStageExpression(self.model_cfg, rngs=rngs)}
 
     def optimizers(self):
         adam = optax.adam(float(self.config.task.learning_rate))
