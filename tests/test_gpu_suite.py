@@ -72,6 +72,7 @@ def _positive(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
 
 
+@pytest.mark.slow  # ~80 s; .ci/run runs it after make test
 def test_smoke_run_on_cpu_without_the_missing_packages(tmp_path):
     out = tmp_path / "suite.json"
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")

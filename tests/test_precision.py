@@ -182,7 +182,8 @@ def _grads(make, inputs, pick, remat):
     return jax.jit(jax.grad(loss))(st), remats
 
 
-@pytest.mark.parametrize("stage", ["animator", "discriminator", "motion", "expression"])
+@pytest.mark.parametrize("stage", [pytest.param("animator", marks=pytest.mark.slow),  # ~60 s: .ci/run
+                                   "discriminator", "motion", "expression"])
 def test_remat_gives_the_same_gradients(stage):
     """remat "blocks" and "full" against "none", float32: max |g - g_ref| / max |g_ref| over all
     parameters <= 1e-5 (measured <= 3e-7: only XLA's fusion order differs; in float64 every
