@@ -251,8 +251,31 @@ def test_parity_uses_the_manifest_seed(tmp_path, capsys, toy_kind):
 
     w1 = ow.make_state_dict(manifest, seed=1)["w"]  # what a checker ignoring the seed would use
     np.savez(folder / "io.npz", x=x, y=x @ w1)
+    np.savez(folder / "io_fp64.npz", y=x.astype(np.float64) @ w1.astype(np.float64))
     code, lines, _ = _run(capsys, folder)
-    assert code == 1 and lines[0]["pass"] is False
+    assert code == 1 and lines[0]["pass"] is False and lines[1]["pass"] is False
+
+
+def test_float64_decides_where_io_fp64_holds_the_array(tmp_path, capsys, toy_kind):
+    """reference/README.md: where torch's own float32 result is off (here by 1e-3), the float64
+    comparison decides; the float32 line is reported, marked as not deciding. A float64 miss fails."""
+    manifest = {"format": "gohd-oracle-manifest-v1", "seed": 1, "module": "toy.Linear",
+                "tensors": [{"name": "w", "shape": [4, 3], "dtype": "float32", "mean": 0.0,
+                             "std": 1.0, "rule": "measured torch init"}]}
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    folder = tmp_path / "toy_fp64"
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    w = ow.make_state_dict(manifest, seed=1)["w"]
+    exact = x.astype(np.float64) @ w.astype(np.float64)
+    np.savez(folder / "io.npz", x=x, y=((x @ w) * (1 + 1e-3)).astype(np.float32))
+    np.savez(folder / "io_fp64.npz", y=exact)
+    code, lines, err = _run(capsys, folder)
+    assert code == 0, err
+    assert lines[0]["pass"] is False and lines[0]["decides"] is False and lines[1]["pass"] is True
+    np.savez(folder / "io_fp64.npz", y=exact * (1 + 1e-6))
+    code, lines, err = _run(capsys, folder)
+    assert code == 1 and "y (float64)" in err
 
 
 def test_compare_rules():

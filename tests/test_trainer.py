@@ -56,6 +56,13 @@ def _losses(workdir):
     return [r["loss"] for r in rows if "loss" in r]
 
 
+def _params_at(trainer: Trainer, workdir, step):
+    ckpt = Checkpointer(workdir)
+    state = ckpt.restore(step, trainer.abstract_state, None)
+    ckpt.close()
+    return jax.device_get(state.params)
+
+
 def _final_params(trainer: Trainer, workdir):
     ckpt = Checkpointer(workdir)
     state = ckpt.restore(ckpt.latest_step(), trainer.abstract_state, None)
@@ -219,6 +226,13 @@ def test_two_processes_match_one_and_resume_on_either_count(data_dir, tmp_path):
     got, got_eval = _rows(two, "loss"), _rows(two, "eval/mse")
     np.testing.assert_allclose([got[k] for k in (1, 2, 3, 4)], [want[k] for k in (1, 2, 3, 4)], rtol=2e-5)
     np.testing.assert_allclose([got_eval[k] for k in (2, 4)], [want_eval[k] for k in (2, 4)], rtol=2e-5)
+    # The parameters after 4 steps: each global batch holds the same samples (the two processes'
+    # rows in another order), so only the summation order differs. Two processes reading the same
+    # samples, or the old per-process seeds, move them by far more.
+    cfg = _config(data_dir, num_steps=4)
+    probe = Trainer(MouthRegressorTask(cfg), cfg, tmp_path / "probe", mesh=make_mesh(1, 1, devices=jax.devices()[:1]))
+    for a, b in zip(jax.tree_util.tree_leaves(_params_at(probe, one, 4)), jax.tree_util.tree_leaves(_params_at(probe, two, 4))):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
     outs = _processes(two, data_dir, 6, *ev)
     assert all("resumed from step 4" in o for o in outs)
     out = _run_cli(two, data_dir, 8, "--cpu_devices=4", *ev)

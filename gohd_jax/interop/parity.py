@@ -350,6 +350,9 @@ def check_folder(ref_dir: str | Path, *, out=None, err=None, show_traceback: boo
         return EXIT_FAIL
     outputs = result if isinstance(result, PortOutputs) else PortOutputs(float32=dict(result))
 
+    # reference/README.md: where io_fp64.npz holds an array (torch's own float32 rounding exceeds
+    # 1e-4 there), the float64 comparison decides it; the float32 figure is only reported.
+    by_fp64 = set(outputs.float64) & set(fp64 or {})
     lines = []
     for name in io:
         if name in spec.inputs:
@@ -362,6 +365,9 @@ def check_folder(ref_dir: str | Path, *, out=None, err=None, show_traceback: boo
             line = {"shape": list(ref_arr.shape), "max_rel": None, "mean_rel": None,
                     "tol": rule.max_rel, "rule": rule.name, "pass": False,
                     "error": "the port does not produce this array"}
+        if name in by_fp64:
+            line["decides"] = False
+            line["note"] = "reported only: the float64 comparison (io_fp64.npz) decides this array"
         lines.append(("io.npz", name, line))
     for name, arr in outputs.float64.items():
         if fp64 is None or name not in fp64:
@@ -378,7 +384,7 @@ def check_folder(ref_dir: str | Path, *, out=None, err=None, show_traceback: boo
                                           "tol", "pass")}
         ordered.update({k: v for k, v in record.items() if k not in ordered})
         print(json.dumps(ordered), file=out)
-        if not line["pass"]:
+        if not line["pass"] and line.get("decides", True):
             failed.append(name if source == "io.npz" else f"{name} (float64)")
     out.flush()
     seed = oracle_weights.manifest_seed(manifest) if manifest is not None else None
