@@ -10,12 +10,13 @@ WORKDIR ?= workdir/demo
 # refreshes it). Elsewhere, `make test LOCK=` installs from pyproject.toml's ranges instead.
 LOCK ?= requirements.lock
 
-.PHONY: demo test test-slow bench venv clean help lock
+.PHONY: demo test test-slow lint bench venv clean help lock
 
 help:
 	@echo "make demo       create .venv, install, generate the synthetic demo dataset and print its summary"
 	@echo "make test       create or reuse .venv and run the default (fast) test suite"
 	@echo "make test-slow  run the slow tests too"
+	@echo "make lint       ruff (settings in pyproject.toml)"
 	@echo "make bench      run the benchmarks in bench/ (prints tables for BENCHMARKS.md)"
 	@echo "make lock       re-resolve requirements.lock (every extra, newest versions in pyproject's ranges)"
 
@@ -38,6 +39,9 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -n 2 -rs --durations=15
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
 
 test-slow: $(VENV)/.installed
 	$(PY) -m pytest -q -n 2 -m ''

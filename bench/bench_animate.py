@@ -70,7 +70,8 @@ def main() -> None:
             total = time.perf_counter() - t0
         n = sum(len(d["descriptors"]) for d in drives)
         st = times.seconds
-        cells = " | ".join(f"{st.get(k, 0.0):.2f}" for k in ("features", "expression", "motion", "rendering", "encoding"))
+        cells = " | ".join(f"{st.get(k, 0.0):.2f}"
+                           for k in ("features", "expression", "motion", "rendering", "encoding"))
         print(f"| {b} | {n} | {total:.2f} | {n / total:.1f} | {times.first_frame_s:.2f} | {cells} | "
               f"{compile_s - total:.1f} |")
 

@@ -1,6 +1,6 @@
 """Animator benchmarks on this machine: official-size (256 px) and tiny forward (parameters and
-GFLOPs of the encoder and decoder, source encoding once, rendering at batch 1, 8 and 32) and the tiny config's train step (batch 8) in its
-reconstruction warm-up and with the GAN on.
+GFLOPs of the encoder and decoder, source encoding once, rendering at batch 1, 8 and 32) and the
+tiny config's train step (batch 8) in its reconstruction warm-up and with the GAN on.
 
     .venv/bin/python bench/bench_animator.py [--repeats 5] [--train-repeats 10]
 """

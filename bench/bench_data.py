@@ -60,7 +60,8 @@ def main() -> None:
         tmp = Path(d)
         print(f"\n### Synthetic generator ({args.seconds:g} s clips = {int(args.seconds * schema.FPS)} frames, "
               f"{args.clips} clips, JPEG q95, both mels)\n")
-        print("| size | generate_clip only, 1 process (clips/s) | writer, 0 workers (clips/s) | writer, 2 workers (clips/s) |")
+        print("| size | generate_clip only, 1 process (clips/s) | writer, 0 workers (clips/s) "
+              "| writer, 2 workers (clips/s) |")
         print("|---:|---:|---:|---:|")
         for size in (64, 256):
             n = args.clips if size == 64 else max(4, args.clips // 6)

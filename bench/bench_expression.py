@@ -92,7 +92,8 @@ def train_rows(repeats):
     for stage in ("stage1", "stage2"):
         c = econf.get_config(f"{stage}_tiny")
         cfg = ExpressionConfig.tiny()
-        model = FrameExpression(cfg, rngs=nnx.Rngs(0)) if stage == "stage1" else TwoStageExpression(cfg, rngs=nnx.Rngs(0))
+        model = (FrameExpression(cfg, rngs=nnx.Rngs(0)) if stage == "stage1"
+                 else TwoStageExpression(cfg, rngs=nnx.Rngs(0)))
         g, p, r = nnx.split(model, nnx.Param, ...)
         b, w = int(c.batch_size), int(c.data.window)
         batch = {"mel_windows": jnp.asarray(rng.normal(size=(b, w, 80, 16)), jnp.float32),

@@ -86,13 +86,16 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--batch", type=int, default=32)
     args = p.parse_args()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}; date {time.strftime('%Y-%m-%d')}")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}; "
+          f"date {time.strftime('%Y-%m-%d')}")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         data = tmp / "data"
         write_synthetic_dataset(data, SynthConfig(size=32, seconds=4.0, num_identities=4), 16, workers=2)
-        print(f"\n### Trainer loop vs bare jitted step (mouth regressor, hidden {args.hidden}, batch {args.batch} x 8 frames)\n")
-        print("| devices (mesh) | data | trainer loop (steps/s) | bare jitted step (steps/s) | overhead per step (ms) |")
+        print(f"\n### Trainer loop vs bare jitted step (mouth regressor, hidden {args.hidden}, "
+              f"batch {args.batch} x 8 frames)\n")
+        print("| devices (mesh) | data | trainer loop (steps/s) | bare jitted step (steps/s) "
+              "| overhead per step (ms) |")
         print("|---|---|---:|---:|---:|")
         for n, (dd, ff) in ((1, (1, 1)), (8, (8, 1)), (8, (4, 2))):
             for label, task_cls in (("in memory", InMemoryTask), ("Grain, 0 workers", MouthRegressorTask)):

@@ -208,7 +208,8 @@ def tables(rows: list[Row], out: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n\n", 2)[2])
     ap.add_argument("--out", type=Path, default=ROOT / "workdir" / "fit_grid", help="folder of the rows' JSON")
     ap.add_argument("--groups", default="train,infer,render256,train-more,max-batch", help="comma-separated groups")

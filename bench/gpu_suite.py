@@ -968,7 +968,8 @@ def section_train_animator(plan: Plan, progs: Programs, info: dict) -> dict:
 
 
 def views_policy_aware(models: dict) -> dict:
-    return {n: policy_aware(policy_lib.with_policy(m, policy_lib.Policy(compute="bfloat16"))) for n, m in models.items()}
+    return {n: policy_aware(policy_lib.with_policy(m, policy_lib.Policy(compute="bfloat16")))
+            for n, m in models.items()}
 
 
 # ======================================================================================== d) denoiser train step

@@ -172,8 +172,8 @@ def write_dataset(out_dir: str | os.PathLike, num_items: int, make_clip: Callabl
         bar = tqdm(total=len(items), unit="clip", desc=f"writing {root.name}", dynamic_ncols=True)
     try:
         for j in pending:
-            _write_shard(root, names[j], compression, range(j * clips_per_shard, min((j + 1) * clips_per_shard, num_items)),
-                         results, bar)
+            _write_shard(root, names[j], compression,
+                         range(j * clips_per_shard, min((j + 1) * clips_per_shard, num_items)), results, bar)
     finally:
         if bar is not None:
             bar.close()

@@ -310,7 +310,8 @@ def _official_files(tmp_path):
 
     files = {}
     for flag, kind, key, prefix in (("animator", "animator", "gen_pose", ""), ("pose", "pose_diffusion", "model", ""),
-                                    ("gaze", "gaze_diffusion", "model", ""), ("exp", "audio2exp", "state_dict_G", "module.")):
+                                    ("gaze", "gaze_diffusion", "model", ""),
+                                    ("exp", "audio2exp", "state_dict_G", "module.")):
         files[flag] = tmp_path / f"{flag}.pt"
         man = ow.load_manifest(require_shared("reference", kind, "manifest.json"))
         weights = ow.make_state_dict(man, ow.manifest_seed(man))

@@ -48,4 +48,5 @@ def test_the_tests_run_in_the_locked_environment():
     pins = _lock()
     for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy", "libtpu",
                  "jax-cuda12-plugin"):
-        assert metadata.version(name) == pins[name], f"{name} {metadata.version(name)} installed, lock says {pins[name]}"
+        assert metadata.version(name) == pins[name], (f"{name} {metadata.version(name)} installed, "
+                                                      f"lock says {pins[name]}")

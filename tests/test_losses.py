@@ -165,7 +165,8 @@ def test_antialias_downsample_matches_lia_kernel():
         ks = 2 * round(sigma * 4) + 1
         assert ks == size
         m = np.meshgrid(np.arange(ks), np.arange(ks), indexing="ij")
-        k = np.exp(-(m[0] - (ks - 1) / 2) ** 2 / (2 * sigma ** 2)) * np.exp(-(m[1] - (ks - 1) / 2) ** 2 / (2 * sigma ** 2))
+        k = (np.exp(-(m[0] - (ks - 1) / 2) ** 2 / (2 * sigma ** 2))
+             * np.exp(-(m[1] - (ks - 1) / 2) ** 2 / (2 * sigma ** 2)))
         k /= k.sum()
         ka = ks // 2
         s = int(1 / scale)
@@ -264,7 +265,8 @@ def _torchvision_vgg19_state_dict(seed=0):
         if v == "M":
             idx += 1
             continue
-        sd[f"features.{idx}.weight"] = (rng.standard_normal((v, cin, 3, 3)) * math.sqrt(2 / (9 * cin))).astype(np.float32)
+        sd[f"features.{idx}.weight"] = (rng.standard_normal((v, cin, 3, 3))
+                                        * math.sqrt(2 / (9 * cin))).astype(np.float32)
         sd[f"features.{idx}.bias"] = (0.1 * rng.standard_normal(v)).astype(np.float32)
         idx, cin = idx + 2, v
     sd["classifier.0.weight"] = np.zeros((4, 8), np.float32)  # real: 4096 x 25088; ignored

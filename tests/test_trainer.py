@@ -90,7 +90,8 @@ def test_meshes_agree_on_the_loss(data_dir, tmp_path):
 
 
 def _run_cli(workdir, data_dir, steps, *extra, wait=True, env=None):
-    cmd = [sys.executable, str(REPO / "launch" / "train.py"), "--config", str(REPO / "configs" / "mouth_regressor.py:tiny"),
+    cmd = [sys.executable, str(REPO / "launch" / "train.py"),
+           "--config", str(REPO / "configs" / "mouth_regressor.py:tiny"),
            f"--workdir={workdir}", f"--config.data.dir={data_dir}", "--config.data.window=4",
            "--config.batch_size=8", f"--config.num_steps={steps}", "--config.log_every=1", "--config.eval_every=0",
            "--config.checkpoint_every=4", "--config.task.hidden=32", *extra]
@@ -231,7 +232,8 @@ def test_two_processes_match_one_and_resume_on_either_count(data_dir, tmp_path):
     # samples, or the old per-process seeds, move them by far more.
     cfg = _config(data_dir, num_steps=4)
     probe = Trainer(MouthRegressorTask(cfg), cfg, tmp_path / "probe", mesh=make_mesh(1, 1, devices=jax.devices()[:1]))
-    for a, b in zip(jax.tree_util.tree_leaves(_params_at(probe, one, 4)), jax.tree_util.tree_leaves(_params_at(probe, two, 4))):
+    for a, b in zip(jax.tree_util.tree_leaves(_params_at(probe, one, 4)),
+                    jax.tree_util.tree_leaves(_params_at(probe, two, 4))):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
     outs = _processes(two, data_dir, 6, *ev)
     assert all("resumed from step 4" in o for o in outs)
@@ -302,7 +304,8 @@ if int(sys.argv[2]) > 1:
 from flax import nnx
 from gohd_jax.train.restore import load_models
 models, _ = load_models(sys.argv[4])
-print("CHECKSUM", repr(float(sum(np.abs(np.asarray(x, np.float64)).sum() for x in jax.tree.leaves(nnx.state(models["regressor"]))))))
+print("CHECKSUM", repr(float(sum(np.abs(np.asarray(x, np.float64)).sum()
+                                 for x in jax.tree.leaves(nnx.state(models["regressor"]))))))
 """
 
 

@@ -54,8 +54,8 @@ ARTICULATION = np.array([
 DOMINANCE = np.array([0.5, 1, 1, 1, 1, 1, 2.0, 1.5, 2.5, 2.5, 2.5, 1.2, 1.8], np.float64)
 RELEASE_TARGET = np.array([0.25, 0.10, 0.00])  # plosive burst: lips just parting
 RELEASE_DOMINANCE = 0.3
-COARTICULATION_TAU = (0.018, 0.04, 0.04)
-NOD_LEAD_S = 0.105 + 0.03  # nod start before the stressed vowel onset: apex (at 0.105 s) 30 ms early  # s, per driver (jaw, width, round): rounding anticipates more
+COARTICULATION_TAU = (0.018, 0.04, 0.04)  # s, per driver (jaw, width, round): rounding anticipates more
+NOD_LEAD_S = 0.105 + 0.03  # nod start before the stressed vowel onset: apex (at 0.105 s) 30 ms early
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,11 +3,12 @@
 ``open_video(path)`` probes a file and raises ``SkipVideo`` (with a short reason that the report
 counts) for what cannot become clips: not a media file, corrupt, no video stream, no audio stream.
 ``frames_25fps(path)`` yields (index, RGB uint8 [H,W,3]) at 25 fps whatever the source rate:
-output frame k is the source frame whose timestamp is nearest to k/25 s (ties to the later one), so variable frame rate and 30/50/60 fps sources resample the same
-way; the display rotation (the container's display matrix) is applied. ``AudioStream`` gives
-16 kHz mono float32 samples by position, decoding forward only as far as asked and dropping what
-lies before the last request, so memory stays constant on long files. Sample 0 is at the first
-video frame's timestamp (audio that starts late is zero-padded, audio before it dropped).
+output frame k is the source frame whose timestamp is nearest to k/25 s (ties to the later one),
+so variable frame rate and 30/50/60 fps sources resample the same way; the display rotation (the
+container's display matrix) is applied. ``AudioStream`` gives 16 kHz mono float32 samples by
+position, decoding forward only as far as asked and dropping what lies before the last request, so
+memory stays constant on long files. Sample 0 is at the first video frame's timestamp (audio that
+starts late is zero-padded, audio before it dropped).
 """
 
 from __future__ import annotations

@@ -156,7 +156,8 @@ def _main(argv) -> None:
 def main(argv: list[str] | None = None) -> None:
     """The console script: ``argv`` default ``sys.argv``."""
     prog = (argv or sys.argv)[0]
-    for name in ("config", "topology", "gpu", "json", "programs", "max-batch", "max-batch-resolution", "render-batch", "clips", "hlo-dir"):
+    for name in ("config", "topology", "gpu", "json", "programs", "max-batch", "max-batch-resolution", "render-batch",
+                 "clips", "hlo-dir"):
         flags.FLAGS.register_key_flag_for_module(prog, flags.FLAGS[name])  # shown by --help
     app.run(_main, argv=argv)
 

@@ -41,8 +41,8 @@ def clip_embeddings(model, mel_windows: np.ndarray, frames: np.ndarray, *, face_
                     batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """(audio [T,D], face [T,D]) embeddings of a clip; ``mel_windows`` [T,80,16] (per frame),
     ``frames`` uint8 [T,H,W,3] whole face crops (the expert's ``cfg.face_box`` is
-    taken here). Face windows at the clip's ends repeat the edge frames. Every batch is padded to ``batch_size`` rows, so
-    clips of any length share one compilation."""
+    taken here). Face windows at the clip's ends repeat the edge frames. Every batch is padded to
+    ``batch_size`` rows, so clips of any length share one compilation."""
     global _EMBED
     import jax.numpy as jnp
     from flax import nnx

@@ -225,8 +225,10 @@ def random_bundle(size: str = "tiny", *, window: int = 50, seed: int = 0) -> Bun
     if size != "official":
         raise ValueError(f"size must be 'tiny' or 'official', got {size!r}")
     spec = MotionSpec(window=150, data_scale=1.0, alignment="release", condition="release")
-    return Bundle(SemanticAnimator(AnimatorConfig.official(), rngs=r), MotionDenoiser(MotionDenoiserConfig.pose(), rngs=r),
-                  MotionDenoiser(MotionDenoiserConfig.gaze(), rngs=r), FrameExpression(ExpressionConfig.released(), rngs=r),
+    return Bundle(SemanticAnimator(AnimatorConfig.official(), rngs=r),
+                  MotionDenoiser(MotionDenoiserConfig.pose(), rngs=r),
+                  MotionDenoiser(MotionDenoiserConfig.gaze(), rngs=r),
+                  FrameExpression(ExpressionConfig.released(), rngs=r),
                   pose_spec=spec, gaze_spec=spec, origin="random")
 
 

@@ -15,12 +15,12 @@ gaze_window.stablehlo      (cond [B,N,320], previous gaze [B,2], key data uint32
 Each file holds the function lowered for every platform of ``platforms`` (default ``cpu``,
 ``cuda`` and ``tpu``: an export made on a CPU machine loads on a GPU or TPU, and JAX picks the
 caller's). ``export.json`` records the shapes (R, B, N), the bundle's sampling settings, the
-platforms and the compute precision. N is the window's input length (``window - 1`` for the release alignment, ``window``
-for ours). The motion directions Q = QR(W) are computed once, in float32, at export and baked in
-with the weights: the exported renderer has no QR. ``precision`` ("auto" | "float32" |
-"bfloat16", or a ``Policy``) is one for all the platforms (a function is traced once): "auto"
-is bfloat16 when every platform is an accelerator and float32 when the CPU is one of them; None
-(the default) exports the models as they are.
+platforms and the compute precision. N is the window's input length (``window - 1`` for the
+release alignment, ``window`` for ours). The motion directions Q = QR(W) are computed once, in
+float32, at export and baked in with the weights: the exported renderer has no QR. ``precision``
+("auto" | "float32" | "bfloat16", or a ``Policy``) is one for all the platforms (a function is
+traced once): "auto" is bfloat16 when every platform is an accelerator and float32 when the CPU is
+one of them; None (the default) exports the models as they are.
 """
 
 from __future__ import annotations

@@ -367,8 +367,8 @@ class Synthesis(nnx.Module):
 
     def _identity_init(self) -> None:
         """Start from "pass the source through": every ToFlow field at zero (sampling grid =
-        identity), its mask logit bias at +3 (the logit accumulates over scales: mask >= 0.95), every SFT branch's last conv at zero
-        (SFT = identity). Training from scratch only; the official init is random."""
+        identity), its mask logit bias at +3 (the logit accumulates over scales: mask >= 0.95), every
+        SFT branch's last conv at zero (SFT = identity). Training from scratch only; the official init is random."""
         for flow in self.to_flows:
             flow.conv.weight[...] = jnp.zeros_like(flow.conv.weight[...])
             flow.bias[...] = jnp.array([0.0, 0.0, 3.0], flow.bias[...].dtype)

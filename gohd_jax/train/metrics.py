@@ -99,4 +99,5 @@ def log_line(step: int, total: int, metrics: dict[str, float]) -> str:
                      if k not in ("steps_per_s", "examples_per_s", "eta_s"))
     rate = metrics.get("steps_per_s", float("nan"))
     return (f"step {step}/{total} {terms} | {rate:.2f} steps/s "
-            f"{metrics.get('examples_per_s', float('nan')):.1f} ex/s ETA {_fmt_time(metrics.get('eta_s', float('nan')))}")
+            f"{metrics.get('examples_per_s', float('nan')):.1f} ex/s "
+            f"ETA {_fmt_time(metrics.get('eta_s', float('nan')))}")

@@ -44,7 +44,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from data_pipelines import pipelines
 from gohd_jax.nn import policy as policy_lib
-from gohd_jax.parallel import host_to_global, make_mesh, param_shardings
+from gohd_jax.parallel import host_to_global, make_mesh, param_shardings, sharding_report
 from gohd_jax.train.checkpoint import Checkpointer, abstract_like, as_path
 from gohd_jax.train.metrics import MetricWriter, Throughput, log_line
 from gohd_jax.train.state import StepContext, TrainState, step_with_ema
@@ -87,6 +87,9 @@ class Trainer:
         self._rng = jax.random.key_data(jax.random.key(int(config.seed)))
         abstract = jax.eval_shape(self._init, self._rng, task.pretrained)
         self.state_shardings = param_shardings(abstract, self.mesh, rules)
+        if self.mesh.shape["fsdp"] > 1 and jax.process_index() == 0:
+            log.info("parameter sharding (config.sharding_rules): %s",
+                     sharding_report(abstract.params, self.mesh, rules)["summary"])
         self.abstract_state = abstract_like(abstract, self.state_shardings)
         self._train_step = jax.jit(self._step, in_shardings=(self.state_shardings, None),
                                    out_shardings=(self.state_shardings, None), donate_argnums=0)

@@ -3,8 +3,9 @@
 A sample (``sync`` pipeline) is the Wav2Lip mel window [80,16] of a frame and the 5 face
 crops around it, in sync (label 1) or with the mel of a frame >= 5 frames away (label 0). The
 expert looks at ``SyncNetConfig.face_box`` of each crop (Wav2Lip: the lower half), resized to
-``SyncNetConfig.face_size`` (48 x 96 as Wav2Lip), scaled to [0, 1] and stacked on channels (frame-major RGB, 15 channels). BatchNorm statistics are updated in
-training and frozen for eval (``state.rest``). Two losses (``config.task.loss``):
+``SyncNetConfig.face_size`` (48 x 96 as Wav2Lip), scaled to [0, 1] and stacked on channels
+(frame-major RGB, 15 channels). BatchNorm statistics are updated in training and frozen for eval
+(``state.rest``). Two losses (``config.task.loss``):
 
 * ``"bce"``: Wav2Lip's BCE on the cosine similarity of the two normalised embeddings, one
   (in sync | shifted) pair per sample. Metric ``accuracy``: "similarity > 0.5" against the
@@ -15,7 +16,8 @@ training and frozen for eval (``state.rest``). Two losses (``config.task.loss``)
   the same speaker, so that identity cannot stand in for sync). A sample carries 1 + K
   candidates, so it gives K comparisons instead of one; the tiny expert reaches 0.70
   held-out pair accuracy in 400 steps with it, 0.58 with the BCE (BENCHMARKS.md). Metrics
-  ``accuracy``: the in-sync window scores highest (chance 1 / (1 + K)); ``pair_accuracy``: it beats the first shifted one (chance 0.5).
+  ``accuracy``: the in-sync window scores highest (chance 1 / (1 + K)); ``pair_accuracy``: it beats
+  the first shifted one (chance 0.5).
 
 ``task.visual``: ``"face"`` (the pixel expert above, ``SyncNet``) or ``"mouth"``
 (``MouthSyncNet``: the same audio encoder against the mouth expression coefficients of the 5
