@@ -26,6 +26,7 @@ import struct
 import sys
 import zipfile
 from collections import OrderedDict
+from pathlib import Path
 
 import ml_dtypes
 import numpy as np
@@ -602,3 +603,82 @@ def test_torch_is_only_an_optional_fallback():
     assert not any(n == "torch" or n.startswith("torch.") for n in names), names
     fallback = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "_torch_fallback")
     assert any(isinstance(n, ast.Import) and n.names[0].name == "torch" for n in ast.walk(fallback))
+
+
+# ----------------------------------------------------------------------------------------------
+# Files written by real torch.save (tests/fixtures/make_torch_checkpoints.py, torch 2.13.0).
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+_REAL_STATE_DICT_KEYS = [
+    "0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var",
+    "1.num_batches_tracked", "3.weight", "3.bias", "extra.half", "extra.bf16", "extra.special",
+    "extra.index", "extra.bytes", "extra.mask", "extra.scalar", "extra.weight_t", "extra.shared_base",
+    "extra.shared_rows", "extra.param"]
+
+
+def _tensors_by_path(obj, path=""):
+    """The arrays in a loaded checkpoint under the fixture's ``torch_expected.npz`` key scheme."""
+    if isinstance(obj, np.ndarray):
+        return {path + ("@bfloat16" if obj.dtype == ml_dtypes.bfloat16 else ""): obj}
+    out = {}
+    if isinstance(obj, dict):
+        items = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        return out
+    for k, v in items:
+        out.update(_tensors_by_path(v, f"{path}/{k}" if path else str(k)))
+    return out
+
+
+@pytest.mark.parametrize("name", ["torch_zip.pt", "torch_legacy.pt"])
+def test_real_torch_save_files(name):
+    """Checkpoints written by real torch.save (zip and legacy formats) read without torch."""
+    obj = load_torch_checkpoint(FIXTURES / name, allow_torch_fallback=False)
+    with np.load(FIXTURES / "torch_expected.npz") as npz:
+        expected = {k: npz[k] for k in npz.files}
+
+    assert type(obj) is dict and list(obj) == ["state_dict", "epoch", "best_loss", "optimizer", "args"]
+    assert obj["epoch"] == 3 and type(obj["epoch"]) is int
+    assert obj["best_loss"] == 0.25
+    assert obj["args"] == {"lr": 1e-2, "batch_size": 8, "name": "tiny", "milestones": [10, 20], "use_amp": False}
+    sd = obj["state_dict"]
+    assert type(sd) is dict and list(sd) == _REAL_STATE_DICT_KEYS  # OrderedDict, _metadata dropped
+    opt = obj["optimizer"]
+    assert list(opt) == ["state", "param_groups"] and list(opt["state"]) == [0, 1]
+    assert all(list(s) == ["step", "exp_avg", "exp_avg_sq"] for s in opt["state"].values())
+    (group,) = opt["param_groups"]
+    assert group["params"] == [0, 1] and group["lr"] == 1e-2 and group["betas"] == (0.9, 0.999)
+    assert group["amsgrad"] is False and group["foreach"] is None
+
+    got = _tensors_by_path(obj)
+    assert sorted(got) == sorted(expected)
+    for key, want in expected.items():
+        arr = got[key]
+        assert arr.flags.c_contiguous and arr.flags.writeable, key
+        if key.endswith("@bfloat16"):
+            assert arr.dtype == ml_dtypes.bfloat16 and want.dtype == np.float32, key
+            arr = arr.astype(np.float32)  # exact: every bfloat16 is a float32
+        else:
+            assert arr.dtype == want.dtype, (key, arr.dtype, want.dtype)
+        assert arr.shape == want.shape, (key, arr.shape, want.shape)
+        np.testing.assert_array_equal(arr, want, err_msg=key)
+        assert arr.tobytes() == want.tobytes(), key  # bit-exact: -0.0, nan, subnormals
+
+    assert sd["0.weight"].shape == (3, 2, 3, 3) and sd["0.weight"].dtype == np.float32
+    assert sd["1.num_batches_tracked"].shape == () and sd["1.num_batches_tracked"] == 1
+    assert sd["extra.scalar"].shape == () and sd["extra.scalar"] == 2.5
+    assert opt["state"][0]["step"].shape == () and opt["state"][0]["step"] == 1.0
+    assert sd["extra.index"].tolist() == [3, -1, 2**40, -(2**62)]
+    assert sd["extra.mask"].tolist() == [[True, False, True], [False, False, True]]
+    assert sd["extra.weight_t"].shape == (5, 3)  # saved transposed (stride (1, 5)), read contiguous
+    # Two tensors of one storage: the slice sits at storage offset 5 of base's 20 elements.
+    base, rows = sd["extra.shared_base"], sd["extra.shared_rows"]
+    np.testing.assert_array_equal(base, np.arange(20, dtype=np.float32).reshape(4, 5))
+    np.testing.assert_array_equal(rows, base[1:3])
+    assert not np.shares_memory(base, rows)  # separate arrays, as documented
+
+    picked = state_dict_from(obj, key="state_dict")
+    assert list(picked) == _REAL_STATE_DICT_KEYS
+    assert all(picked[k] is sd[k] for k in picked)
