@@ -350,37 +350,83 @@ def test_convert_official_then_animate(tmp_path, capsys):
     assert len(_decode(tmp_path / "o.mp4")[0]) == 10
 
 
+def _release_position_scorer_shapes(kernels: int, heads: int) -> dict[str, tuple[int, ...]]:
+    """The release's (TisaV2) layout of the ``position_scorer`` entries in an LDA state dict."""
+    per_kernel = (1, kernels, heads, 1, 1)
+    return {"offsets": per_kernel, "amplitudes": per_kernel, "sharpness": per_kernel, "bias": (1, heads, 1, 1),
+            "slopes": (heads, 1, 1)}
+
+
 def test_motion_export_round_trips_through_the_official_layout():
-    from gohd_jax.interop import oracle_weights as ow
+    from gohd_jax.infer.bundle import _flat
     from gohd_jax.interop.motion_weights import denoiser_from_state_dict, export_state_dict
 
-    man = ow.load_manifest(require_shared("reference", "gaze_diffusion", "manifest.json"))
-    shapes = {t["name"]: tuple(t["shape"]) for t in man["tensors"]}
     model = _tiny_motion(2)
     sd = export_state_dict(model)
-    # the official shapes of the tiny model's entries follow the release's layout
-    name = "residual_layers.0.nn.attention_blocks.0.attn.position_scorer."
-    for k in ("offsets", "bias", "slopes"):
-        assert len(sd[name + k].shape) == len(shapes[name + k])
+    # the official shapes of the tiny model's entries follow the release's layout (checked against
+    # the oracle manifest by test_the_release_position_scorer_layout_is_the_oracle_manifests)
+    want = _release_position_scorer_shapes(model.cfg.num_kernels, model.cfg.num_heads)
+    scorer = {k: v.shape for k, v in sd.items() if ".attn.position_scorer." in k}
+    assert len(scorer) == 5 * model.cfg.residual_layers * model.cfg.num_blocks
+    for k, shape in scorer.items():
+        assert shape == want[k.rsplit(".", 1)[1]], (k, shape)
     back = denoiser_from_state_dict(sd)
-    from gohd_jax.infer.bundle import _flat
     a, b = _flat(model), _flat(back)
     assert all(np.array_equal(a[k], b[k]) for k in a if "step_table" not in k)
 
 
-def _small_official_files(tmp_path):
-    """Official-format pose/gaze/exp files of tiny models (fast) and a placeholder animator."""
-    from gohd_jax.interop.motion_weights import export_state_dict
+def test_the_release_position_scorer_layout_is_the_oracle_manifests():
+    """The layout the round trip above is held to is the release's own (8 heads, 21 kernels)."""
     from gohd_jax.interop import oracle_weights as ow
-    from tests.test_torch_checkpoint import state_dict, tensor, torch_save_zip
+
+    man = ow.load_manifest(require_shared("reference", "gaze_diffusion", "manifest.json"))
+    shapes = {t["name"]: tuple(t["shape"]) for t in man["tensors"]}
+    want = _release_position_scorer_shapes(21, 8)
+    scorer = {k: v for k, v in shapes.items() if ".attn.position_scorer." in k}
+    assert len(scorer) == 5 * 20 * 2  # 20 residual layers of 2 attention blocks
+    for k, shape in scorer.items():
+        assert shape == want[k.rsplit(".", 1)[1]], (k, shape)
+
+
+def _official_exp_state_dict(seed: int = 0) -> dict[str, np.ndarray]:
+    """``audio2exp.pth['state_dict_G']`` of a random SimpleWrapperV2 (blink_control=0): the release's
+    names, order and shapes (those of the audio2exp oracle manifest: BatchNorm counters included,
+    DataParallel's ``module.`` prefix), made from our port's entry list on an abstract model."""
+    from gohd_jax.interop import expression_weights as ew
+    from gohd_jax.models.expression import ExpressionConfig, FrameExpression
+
+    model = nnx.eval_shape(lambda: FrameExpression(ExpressionConfig(), rngs=nnx.Rngs(0)))
+    rng = np.random.default_rng(seed)
+    sd = {}
+    for name, var, how in ew._frame_entries(model):
+        s = tuple(var.shape)
+        s = (s[3], s[2], s[0], s[1]) if how == "conv" else s[::-1] if how == "linear" else s  # torch layout
+        a = rng.normal(0.0, 0.05, s).astype(np.float32)
+        sd[f"module.{name}"] = np.abs(a) + 1.0 if name.endswith("running_var") else a
+        if name.endswith("running_var"):
+            sd[f"module.{name[:-len('running_var')]}num_batches_tracked"] = np.array(0, np.int64)
+    return sd
+
+
+def test_the_made_exp_checkpoint_has_the_oracle_manifests_layout():
+    from gohd_jax.interop import oracle_weights as ow
 
     man = ow.load_manifest(require_shared("reference", "audio2exp", "manifest.json"))
-    exp = {f"module.{k}": v for k, v in ow.make_state_dict(man, ow.manifest_seed(man)).items()}
+    want = [(f"module.{t['name']}", tuple(t["shape"]), np.dtype(t["dtype"])) for t in man["tensors"]]
+    assert [(k, v.shape, v.dtype) for k, v in _official_exp_state_dict().items()] == want
+
+
+def _small_official_files(tmp_path):
+    """Official-format files: tiny pose/gaze models, a random official-size exp model (fast) and a
+    placeholder animator."""
+    from gohd_jax.interop.motion_weights import export_state_dict
+    from tests.test_torch_checkpoint import state_dict, tensor, torch_save_zip
+
     files = {"animator": tmp_path / "animator.pt"}
     files["animator"].write_bytes(b"never read: the small checkpoints fail first")
     for flag, key, sd in (("pose", "model", export_state_dict(_tiny_motion(6))),
                           ("gaze", "model", export_state_dict(_tiny_motion(2))),
-                          ("exp", "state_dict_G", exp)):
+                          ("exp", "state_dict_G", _official_exp_state_dict())):
         files[flag] = tmp_path / f"{flag}.pt"
         files[flag].write_bytes(torch_save_zip({key: state_dict(**{k: tensor(v) for k, v in sd.items()})}))
     return files

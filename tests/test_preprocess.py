@@ -55,6 +55,15 @@ def _videos():
     return sorted(require_shared("assets", "gohd_examples", "driving_videos").glob("*.mp4"))
 
 
+def _synthetic_talking_head(seconds, size=256, seed=0):
+    """Frames (RGB uint8 [T,size,size,3]) and 16 kHz audio of a synthetic talking head (the
+    project's generator: a face dlib finds on every frame, speech-like audio); no shared folder."""
+    from data_pipelines.synthetic.generator import SynthConfig, generate_clip
+
+    clip = generate_clip(SynthConfig(size=size, seconds=seconds, num_identities=1, seed=seed), 0)
+    return clip["frames"], clip["audio"]
+
+
 def _read(path, seconds=None):
     """Frames (RGB uint8) and 16 kHz audio of a video, optionally its first ``seconds``."""
     info = open_video(path)
@@ -201,7 +210,7 @@ def test_real_estimators_in_the_pipeline(tmp_path, faces):
 
 
 def test_bad_inputs_are_counted_skips_and_odd_ones_are_handled(tmp_path, faces):
-    frames, wav = _read(_videos()[0], seconds=3.2)
+    frames, wav = _synthetic_talking_head(3.2)  # 80 frames at 256 px, 3.2 s of audio
     d = tmp_path / "in"
     d.mkdir()
     (d / "random.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
