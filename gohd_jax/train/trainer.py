@@ -294,6 +294,9 @@ class Trainer:
                 count += 1
             pending = []
 
+        # Test hook (tests/test_resume_kill.py): SIGKILL this process after step N, once the
+        # newest periodic checkpoint has committed: a crash, not a clean exit.
+        kill_at = int(os.environ.get("GOHD_TEST_KILL_AFTER_STEP", "0") or 0)
         step = start
         while step < total:
             batch = self._global(next(it))
@@ -328,6 +331,11 @@ class Trainer:
             if save_now or stop:
                 ckpt.save(step, state, it, cfg.to_dict(), data_start=data_start)
                 saved_step = step
+            if kill_at and step == kill_at:
+                ckpt.wait()
+                jax.block_until_ready(state)
+                log.warning("GOHD_TEST_KILL_AFTER_STEP=%d: killing this process (SIGKILL)", kill_at)
+                os.kill(os.getpid(), signal.SIGKILL)
             if stop:
                 status = "preempted"
                 log.warning("preempted: checkpoint of step %d saved; rerun the same command to resume", step)
