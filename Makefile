@@ -38,7 +38,7 @@ demo: $(VENV)/.installed
 	$(PY) launch/demo.py --workdir=$(WORKDIR)
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -n 2 -rs --durations=15
+	$(PY) -m pytest -q -n 2 -rs --durations=25
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

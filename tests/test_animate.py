@@ -153,6 +153,17 @@ def test_cli_animate_writes_exact_frames_with_audio(tmp_path, bundle_dir, capsys
     frames, audio = _decode(out)
     assert len(frames) == math.ceil(1.01 * 25) and frames.shape[1:] == (64, 64, 3)
     assert len(audio) == 1 and audio[0].sample_rate == SR
+    # The muxed audio is the input speech: its length (to AAC's priming / padding, under 1024
+    # samples), and its content (AAC is lossy: correlation with the input at the best lag).
+    import av
+
+    with av.open(str(out)) as c:
+        got = np.concatenate([f.to_ndarray().reshape(-1) for f in c.decode(audio=0)]).astype(np.float64)
+    want = np.asarray(_speech(1.01), np.float64)
+    assert abs(len(got) - len(want)) < 1024 + 1024, (len(got), len(want))
+    lags = range(0, 2048 + 1)
+    corr = max(np.corrcoef(got[k:k + len(want) - 2048], want[:len(want) - 2048])[0, 1] for k in lags)
+    assert corr > 0.95, corr
 
 
 class _Frames:
