@@ -270,6 +270,18 @@ def test_manifest_mode_batches_and_reports_failures(tmp_path, bundle_dir, capsys
     for name, sec in (("o0", 0.5), ("o2", 0.7), ("o3", 0.9)):
         assert len(_decode(tmp_path / f"{name}.mp4")[0]) == math.ceil(sec * 25)
     assert not (tmp_path / "o1.mp4").exists()
+    # A row renders as the same clip alone would (its gaze and seed columns used): batching and
+    # the other rows change nothing.
+    code = cli.main(["animate", "--image", str(img), "--audio", str(tmp_path / "a0.wav"), "--out",
+                     str(tmp_path / "alone.mp4"), "--checkpoint", str(bundle_dir), "--sampler", "ddim", "--steps", "2",
+                     "--gaze", "left", "--seed", "1"])
+    assert code == 0
+    np.testing.assert_array_equal(_decode(tmp_path / "alone.mp4")[0], _decode(tmp_path / "o0.mp4")[0])
+    code = cli.main(["animate", "--image", str(img), "--audio", str(tmp_path / "a0.wav"), "--out",
+                     str(tmp_path / "other_seed.mp4"), "--checkpoint", str(bundle_dir), "--sampler", "ddim",
+                     "--steps", "2", "--gaze", "left", "--seed", "2"])
+    assert code == 0
+    assert not np.array_equal(_decode(tmp_path / "other_seed.mp4")[0], _decode(tmp_path / "o0.mp4")[0])
 
 
 # ------------------------------------------------------------------------------------ export
