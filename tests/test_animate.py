@@ -186,9 +186,20 @@ def test_same_seed_same_frames_bit_for_bit(engine):
     assert not np.array_equal(runs[0], runs[2])
 
 
-@pytest.mark.parametrize("case", ["text_image", "empty_image", "tiny_image", "missing_folder", "silent_audio",
-                                  "short_audio", "text_audio", "wrong_checkpoint", "bad_gaze"])
+_BAD_INPUT_MESSAGES = {  # case -> what the one error line must say (its cause, and the file it names)
+    "text_image": r"notes\.jpg: cannot read the image", "empty_image": r"empty\.png: the image file is empty",
+    "tiny_image": r"tiny\.png: the image is 32x32 pixels; it needs at least 64",
+    "missing_folder": r"nope does not exist; create it first", "silent_audio": r"silent\.wav: the audio is silent",
+    "short_audio": r"short\.wav: the audio is 0\.05 s long; it needs at least",
+    "text_audio": r"speech\.mp3: is a text file, not audio", "wrong_checkpoint": r"empty_ckpt: no animator model",
+    "bad_gaze": r"--gaze 'sideways': use generated, forward"}
+
+
+@pytest.mark.parametrize("case", ["baseline", *_BAD_INPUT_MESSAGES])
 def test_cli_bad_inputs_give_one_line_and_exit_2(tmp_path, bundle_dir, capsys, case):
+    """Each bad input against a baseline that works: one line naming the cause, exit 2, no output."""
+    import re
+
     img = tmp_path / "face.png"
     Image.fromarray(np.full((80, 80, 3), 128, np.uint8)).save(img)
     wav = _write_wav(tmp_path / "speech.wav", _speech(0.6))
@@ -217,10 +228,14 @@ def test_cli_bad_inputs_give_one_line_and_exit_2(tmp_path, bundle_dir, capsys, c
     elif case == "bad_gaze":
         gaze = "sideways"
     code, _, err = _animate(capsys, "--image", img, "--audio", wav, "--out", out, "--checkpoint", ckpt,
-                            "--gaze", gaze)
+                            "--gaze", gaze, "--sampler", "ddim", "--steps", "2")
+    if case == "baseline":
+        assert code == 0 and out.exists(), err
+        return
     assert code == 2, (case, err)
     lines = [line for line in err.strip().splitlines() if line.startswith("gohd animate: error:")]
     assert len(lines) == 1 and "Traceback" not in err, err
+    assert re.search(_BAD_INPUT_MESSAGES[case], lines[0]), (case, lines[0])
     assert not out.exists()
 
 
