@@ -107,3 +107,32 @@ def test_kill_9_resume_is_exact_animator_pose_gaze(synth, tmp_path):
 @pytest.mark.slow
 def test_kill_9_resume_is_exact_sync_stage1_stage2(synth, tmp_path):
     _check(["sync", "stage1", "stage2"], synth, tmp_path)
+
+
+@pytest.mark.slow
+def test_gohd_animate_reads_a_folder_of_training_runs(synth, tmp_path):
+    """``gohd animate --checkpoint DIR`` on the runs as ``make demo`` leaves them (animator/, pose/,
+    gaze/, stage1/ under one folder, each a checkpointed training run) renders a clip."""
+    import math
+
+    import soundfile as sf
+
+    runs = tmp_path / "runs"
+    for task, folder in (("animator", "animator"), ("pose", "pose"), ("gaze", "gaze"), ("stage1", "stage1")):
+        code, out = _train(task, runs / folder, synth, {"sync": ""}, tmp_path / "xla_cache", 1)
+        assert code == 0, out[-3000:]
+    t = np.arange(16000) / 16000
+    sf.write(str(tmp_path / "speech.wav"), (0.3 * np.sin(2 * np.pi * 180 * t) * (0.5 + 0.5 * np.sin(6 * t))
+                                            ).astype(np.float32), 16000)
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "face.png")
+    proc = subprocess.run([sys.executable, "-m", "gohd_jax.infer.cli", "animate", "--image", str(tmp_path / "face.png"),
+                           "--audio", str(tmp_path / "speech.wav"), "--out", str(tmp_path / "out.mp4"),
+                           "--checkpoint", str(runs), "--sampler", "ddim", "--steps", "2"],
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import av
+
+    with av.open(str(tmp_path / "out.mp4")) as c:
+        assert sum(1 for _ in c.decode(video=0)) == math.ceil(1.0 * 25)
