@@ -1,4 +1,7 @@
-"""Exact resume after a crash, for every task: ``kill -9`` after a periodic checkpoint has committed
+"""Whole training runs of every task, as subprocesses: exact resume after a crash, and the runs as
+``gohd animate`` reads them.
+
+Exact resume after a crash, for every task: ``kill -9`` after a periodic checkpoint has committed
 and further (donated) steps have run, then the same command again; the final state equals an
 uninterrupted run's bit for bit (parameters, optimizer states, EMA, PRNG, step).
 
