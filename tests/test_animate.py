@@ -302,6 +302,31 @@ def test_manifest_mode_batches_and_reports_failures(tmp_path, bundle_dir, capsys
 # ------------------------------------------------------------------------------------ export
 
 
+def test_gohd_export_cli_computes_what_gohd_animate_computes(tmp_path, bundle_dir, engine, capsys):
+    """``gohd export`` as a command; its reloaded encoder and renderer give the engine's own
+    (``gohd animate``'s) latents and frames on the same source and semantics."""
+    from jax import export
+
+    code = cli.main(["export", "--checkpoint", str(bundle_dir), "--out", str(tmp_path / "exp"),
+                     "--render-batch", str(engine.render_batch), "--platforms", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    load = lambda n: export.deserialize((tmp_path / "exp" / f"{n}.stablehlo").read_bytes())  # noqa: E731
+    rng = np.random.default_rng(7)
+    src = rng.integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
+    w_s, feats = engine.encode(src)
+    got_w, *got_feats = jax.tree.leaves(load("encode").call(src))
+    np.testing.assert_allclose(np.asarray(got_w), np.asarray(w_s), rtol=1e-5, atol=1e-5)
+    for g, w in zip(got_feats, jax.tree.leaves(feats)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-5)
+    r = engine.render_batch
+    idx = np.zeros(r, np.int32)
+    sem = rng.normal(0, 0.05, (r, 27, 72)).astype(np.float32)
+    want = np.asarray(engine._render(*engine.render_args(w_s[idx], tuple(x[idx] for x in feats), sem)))
+    got = np.asarray(load("render").call(np.asarray(w_s)[idx], *[np.asarray(x)[idx] for x in feats], sem))
+    diff = np.abs(got.astype(np.int16) - want.astype(np.int16))
+    assert want.dtype == np.uint8 and diff.max() <= 1 and (diff > 0).mean() < 2e-3
+
+
 def test_export_reloads_and_matches_the_live_functions(tmp_path, bundle_dir):
     from jax import export
 
