@@ -5,6 +5,7 @@ precisions, one compile job per row, resumable, then the tables.
     .venv/bin/python bench/fit_grid.py --groups=train,infer # only these groups
     .venv/bin/python bench/fit_grid.py --list               # the rows and whether each is done
     .venv/bin/python bench/fit_grid.py --tables             # print the tables of what is done
+    .venv/bin/python bench/fit_grid.py --targets=v5e:4x4,8xH100 --stages=pose,gaze  # a part of it
 
 Each row runs `gohd-aot ... --json=OUT/ROW.json` in a subprocess (the CUDA plugin's environment
 must be set before JAX starts) and is skipped when its JSON exists, so an interrupted grid goes
@@ -213,12 +214,15 @@ def main(argv: list[str] | None = None) -> None:
                                  epilog=__doc__.split("\n\n", 2)[2])
     ap.add_argument("--out", type=Path, default=ROOT / "workdir" / "fit_grid", help="folder of the rows' JSON")
     ap.add_argument("--groups", default="train,infer,render256,train-more,max-batch", help="comma-separated groups")
+    ap.add_argument("--targets", default=",".join(TARGETS), help="comma-separated targets (default: all)")
+    ap.add_argument("--stages", default=",".join(STAGES), help="comma-separated stages (default: all)")
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per row")
     ap.add_argument("--list", action="store_true", help="list the rows and whether each is done")
     ap.add_argument("--tables", action="store_true", help="only print the tables of the rows done")
     args = ap.parse_args(argv)
     groups = args.groups.split(",")
-    rows = [r for r in grid() if r.group in groups]
+    targets, stages = args.targets.split(","), args.stages.split(",")
+    rows = [r for r in grid() if r.group in groups and r.target in targets and r.stage in stages]
     if args.list:
         for r in rows:
             print(f"{'done' if (args.out / f'{r.key}.json').exists() else '    '}  {r.key}")

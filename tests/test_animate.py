@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 
 import jax
 import numpy as np
@@ -130,6 +131,29 @@ def test_long_audio_runs_in_windows_with_one_compile(engine):
     before = (engine.pose_sampler.cache_size(), engine.expression.cache_size())
     _drive(engine, _job(seconds=7.1))
     assert (engine.pose_sampler.cache_size(), engine.expression.cache_size()) == before
+
+
+class _Streaming:
+    """A writer that keeps no frames: counts them and notes the time of each write."""
+
+    def __init__(self):
+        self.n, self.times = 0, []
+
+    def write(self, frames):
+        self.n += len(frames)
+        self.times.append(time.perf_counter())
+
+
+def test_frames_stream_out_as_they_are_rendered(engine):
+    """A 30 s clip's frames reach the writer batch by batch as they are rendered, not at the end
+    (the writer keeps none of them)."""
+    w = _Streaming()
+    _, times = engine.run([_job(seconds=30.0)], [w])
+    assert w.n == 30 * 25
+    assert len(w.times) >= w.n // engine.render_batch  # at least one write per rendered batch
+    # the writes are spread over the rendering (frames leave as batches finish), not bunched at its end
+    rendering = times.seconds["rendering"] + times.seconds.get("encoding", 0.0)
+    assert w.times[-1] - w.times[0] > 0.5 * rendering, (w.times[-1] - w.times[0], times.seconds)
 
 
 # ------------------------------------------------------------------------------------ CLI
