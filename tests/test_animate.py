@@ -190,6 +190,37 @@ def test_cli_animate_writes_exact_frames_with_audio(tmp_path, bundle_dir, capsys
     assert corr > 0.95, corr
 
 
+def test_cli_source_descriptors_reach_the_engine_and_the_log(tmp_path, bundle_dir, capsys, caplog, monkeypatch):
+    """--source-descriptors FILE.npy: its [72] values are the clip's descriptor0 (the engine sees
+    them), the log says where they came from; without it, neutral zeros, and the log says so."""
+    import logging
+
+    seen = []
+    real_run = Animate.run
+
+    def spy(self, jobs, writers):
+        seen.extend(j.descriptor0.copy() for j in jobs)
+        return real_run(self, jobs, writers)
+
+    monkeypatch.setattr(Animate, "run", spy)
+    img = tmp_path / "face.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(img)
+    wav = _write_wav(tmp_path / "speech.wav", _speech(0.4))
+    d0 = np.random.default_rng(2).normal(0, 0.1, 72).astype(np.float32)
+    np.save(tmp_path / "d0.npy", d0)
+    with caplog.at_level(logging.INFO, logger="gohd"):
+        code, _, err = _animate(capsys, "--image", img, "--audio", wav, "--out", tmp_path / "a.mp4", "--checkpoint",
+                                bundle_dir, "--sampler", "ddim", "--steps", "2", "--source-descriptors",
+                                tmp_path / "d0.npy")
+        assert code == 0, err
+        code, _, err = _animate(capsys, "--image", img, "--audio", wav, "--out", tmp_path / "b.mp4", "--checkpoint",
+                                bundle_dir, "--sampler", "ddim", "--steps", "2")
+        assert code == 0, err
+    np.testing.assert_array_equal(seen[0], d0)
+    np.testing.assert_array_equal(seen[1], np.zeros(72, np.float32))
+    assert "source descriptors: file d0.npy" in caplog.text and "source descriptors: neutral" in caplog.text
+
+
 class _Frames:
     def __init__(self):
         self.frames = []
