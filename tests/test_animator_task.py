@@ -50,6 +50,7 @@ def test_gan_training_runs_and_reconstruction_improves(synth64, tmp_path):
     assert 5.0 < ev["eval/psnr"] < 60.0
 
 
+@pytest.mark.slow  # ~50 s; CI runs it after make test (10-minute budget)
 def test_warm_up_leaves_the_discriminator_untouched(synth64, tmp_path):
     """Before gan_start_step the discriminator's params and Adam state stay bit for bit (the
     gate selects the old ones); from it on, they move."""

@@ -386,6 +386,7 @@ def test_small_budget_expression_beats_copy_exp0(tmp_path):
     assert gen["lse_c"] > copy["lse_c"] and gen["lse_d"] < copy["lse_d"]
 
 
+@pytest.mark.slow  # ~50 s; CI runs it after make test (10-minute budget)
 def test_mouth_expert_trains_and_gives_stage1_a_sync_loss(synth_expr, tmp_path):
     """The coefficient-space expert (sync_mouth_tiny) trains on the trainer; stage 1 with it as
     task.sync_expert adds loss.sync x (1 - cos) and reports the ground truth's cosine in eval; a
