@@ -127,6 +127,10 @@ def run(rows: list[Row], out: Path, timeout_s: int) -> None:
 
 # ----------------------------------------------------------------------------- tables
 
+def _num(x, fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
+
+
 def _gib(b) -> str:
     return "-" if b is None else f"{b / 2 ** 30:.2f}"
 
@@ -168,7 +172,7 @@ def tables(rows: list[Row], out: Path) -> str:
                   "|---|---|---|---:|---:|---:|---:|---|---|---:|---|---:|"]
         for r, t, p in train:
             lines.append(f"| {r.stage} | {r.target} | {p['precision']}, {p['remat']} | {p['batch']} | "
-                         f"{p['gflops_total']:,.0f} | {_gb(p['bytes_accessed_per_chip'])} GB{twin(t)} | "
+                         f"{_num(p['gflops_total'], ',.0f')} | {_gb(p['bytes_accessed_per_chip'])} GB{twin(t)} | "
                          f"{_gib(p['peak_bytes_per_chip'])} GiB of {_gib(p['hbm_bytes_per_chip'])} | "
                          f"{'yes' if p['fits'] else '**no**'} | {_collectives(p)} | {_bound(p)} | "
                          f"{p.get('bound_by', '-')} | {p['compile_s']:.0f} s |")
@@ -186,7 +190,7 @@ def tables(rows: list[Row], out: Path) -> str:
                 if p.get("step_time_bound_s"):
                     fps = f"{p['batch'] / t['chips'] / p['step_time_bound_s']:,.0f}"
             lines.append(f"| {r.stage} | {p['name']} | {r.target} | {p['precision']} | {p['batch'] // t['chips']} | "
-                         f"{p['gflops_per_chip']:,.1f} | {_gb(p['bytes_accessed_per_chip'])} GB{twin(t)} | "
+                         f"{_num(p['gflops_per_chip'], ',.1f')} | {_gb(p['bytes_accessed_per_chip'])} GB{twin(t)} | "
                          f"{_gib(p['peak_bytes_per_chip'])} GiB of {_gib(p['hbm_bytes_per_chip'])} | "
                          f"{'yes' if p['fits'] else '**no**'} | {_bound(p)} | {per_frame} | {fps} | "
                          f"{p.get('bound_by', '-')} |")
