@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -290,13 +289,43 @@ def audioconfig_mel_basis() -> np.ndarray:
     return _mel_basis(AC_N_FFT, AC_FMIN, AC_FMAX).copy()
 
 
-def _stft_mag(y: np.ndarray, n_fft: int, hop: int, win: int) -> np.ndarray:
+STFT_CHUNK_FRAMES = 1024  # STFT frames per chunk: working memory independent of the audio's length
+
+
+def _mel_power(y: np.ndarray, n_fft: int, hop: int, win: int, basis: np.ndarray, *,
+               preemphasis_k: float | None = None, chunk: int | None = None) -> np.ndarray:
+    """``basis @ |STFT(y)|`` with librosa's centred, zero-padded framing: [n_mels, 1 + N // hop].
+
+    The STFT runs ``chunk`` frames (default ``STFT_CHUNK_FRAMES``) at a time on the samples those
+    frames cover (zeros outside the signal, as ``center=True, pad_mode="constant"``), so that a
+    10-minute clip needs no more working memory than a 20-second one; each frame sees exactly the
+    samples it would see in one whole-signal STFT. ``preemphasis_k``: apply ``y[n] - k y[n-1]``
+    (float64, as ``preemphasis``) to the signal first, chunk by chunk.
+    """
     import librosa
 
-    with warnings.catch_warnings():  # "n_fft too large for input" on sub-window inputs: harmless
-        warnings.simplefilter("ignore", UserWarning)
-        return np.abs(librosa.stft(y=y, n_fft=n_fft, hop_length=hop, win_length=win,
-                                   center=True, pad_mode="constant"))
+    chunk = int(chunk or STFT_CHUNK_FRAMES)
+    y = np.asarray(y).reshape(-1)
+    n, half = len(y), n_fft // 2
+    frames = 1 + n // hop
+    out = None
+    for a in range(0, frames, chunk):
+        b = min(a + chunk, frames)
+        lo, hi = a * hop - half, (b - 1) * hop - half + n_fft  # the samples frames a..b-1 read
+        seg = np.zeros(hi - lo, np.float64 if preemphasis_k is not None else y.dtype)
+        s0, s1 = max(lo, 0), min(hi, n)
+        if s1 > s0:
+            x = y[s0:s1]
+            if preemphasis_k is not None:
+                prev = np.concatenate([y[s0 - 1:s0] if s0 > 0 else np.zeros(1, y.dtype), x[:-1]])
+                x = x.astype(np.float64) - preemphasis_k * prev.astype(np.float64)
+            seg[s0 - lo:s1 - lo] = x
+        mag = np.abs(librosa.stft(y=seg, n_fft=n_fft, hop_length=hop, win_length=win, center=False))
+        mel = np.dot(basis, mag)
+        if out is None:
+            out = np.empty((basis.shape[0], frames), mel.dtype)
+        out[:, a:b] = mel
+    return out
 
 
 def _amp_to_db(x: np.ndarray) -> np.ndarray:
@@ -324,8 +353,9 @@ def wav2lip_mel(wav: np.ndarray) -> np.ndarray:
       (pre-emphasis -> |STFT| -> mel -> dB - 20 -> symmetric clip), exactly as the official code.
     """
     wav = np.asarray(wav, dtype=np.float32).reshape(-1)
-    mag = _stft_mag(preemphasis(wav), W2L_N_FFT, W2L_HOP, W2L_WIN)  # float64 [401, M]
-    s = _amp_to_db(np.dot(_mel_basis(W2L_N_FFT, W2L_FMIN, W2L_FMAX), mag)) - REF_LEVEL_DB
+    mel = _mel_power(wav, W2L_N_FFT, W2L_HOP, W2L_WIN, _mel_basis(W2L_N_FFT, W2L_FMIN, W2L_FMAX),
+                     preemphasis_k=W2L_PREEMPHASIS)  # float64 [80, M]
+    s = _amp_to_db(mel) - REF_LEVEL_DB
     m = W2L_MAX_ABS
     s = np.clip((2 * m) * ((s - MIN_LEVEL_DB) / (-MIN_LEVEL_DB)) - m, -m, m)
     return np.ascontiguousarray(s.T, dtype=np.float32)
@@ -354,8 +384,8 @@ def mel_100hz(wav: np.ndarray) -> np.ndarray:
       ``[1 + N // 160, 80]`` float32, 100 rows per second (4 rows per video frame), in [0, 1].
     """
     y = rms_normalize(wav)
-    mag = _stft_mag(y, AC_N_FFT, AC_HOP, AC_N_FFT)  # float32 [641, M]
-    s = _amp_to_db(np.dot(_mel_basis(AC_N_FFT, AC_FMIN, AC_FMAX), mag)) - REF_LEVEL_DB
+    mel = _mel_power(y, AC_N_FFT, AC_HOP, AC_N_FFT, _mel_basis(AC_N_FFT, AC_FMIN, AC_FMAX))  # float32 [80, M]
+    s = _amp_to_db(mel) - REF_LEVEL_DB
     s = np.clip((s - MIN_LEVEL_DB) / -MIN_LEVEL_DB, 0, 1)
     return np.ascontiguousarray(s.astype(np.float32).T)
 

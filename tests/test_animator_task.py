@@ -91,6 +91,7 @@ def test_vgg_perceptual_loss_path(synth64, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_tiny_animator_beats_copying_the_source(tmp_path_factory, tmp_path):
     """About 4 min on 2 cores: the tiny config (copy-source init) for its 500 reconstruction steps
     (the GAN starts at 500) on the `make demo` dataset's recipe (48 clips, 12 identities, 3 held

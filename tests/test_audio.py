@@ -249,3 +249,24 @@ def test_mel_100hz_is_level_invariant():
     wav = np.random.default_rng(3).normal(0, 0.1, 8000).astype(np.float32)
     np.testing.assert_allclose(A.mel_100hz(wav), A.mel_100hz(0.25 * wav), atol=1e-5)
     assert not np.allclose(A.wav2lip_mel(wav), A.wav2lip_mel(0.25 * wav), atol=1e-2)
+
+
+@pytest.mark.parametrize("n", [1, 199, 200, 3 * 16000 + 17, 40 * 16000 + 5])
+def test_chunked_stft_equals_one_whole_clip_stft(n):
+    """Both mel front ends run their STFT a chunk of frames at a time (flat memory for long
+    audio); each frame's FFT sees the samples of librosa's one centred STFT of the whole clip,
+    so the mel power equals it to the last bits (BLAS sums the mel filters in another order for
+    another number of frames: 1e-15 relative)."""
+    import librosa
+
+    wav = (np.random.default_rng(n).normal(size=n) * 0.1).astype(np.float32)
+    for y, n_fft, hop, win, basis, k in (
+            (wav, A.W2L_N_FFT, A.W2L_HOP, A.W2L_WIN, A.wav2lip_mel_basis(), A.W2L_PREEMPHASIS),
+            (A.rms_normalize(wav), A.AC_N_FFT, A.AC_HOP, A.AC_N_FFT, A.audioconfig_mel_basis(), None)):
+        x = A.preemphasis(y) if k is not None else y
+        whole = np.dot(basis, np.abs(librosa.stft(y=x, n_fft=n_fft, hop_length=hop, win_length=win, center=True,
+                                                  pad_mode="constant")))
+        for chunk in (7, 1024):
+            got = A._mel_power(y, n_fft, hop, win, basis, preemphasis_k=k, chunk=chunk)
+            assert got.dtype == whole.dtype and got.shape == whole.shape == (80, 1 + n // hop)
+            np.testing.assert_allclose(got, whole, rtol=1e-12 if got.dtype == np.float64 else 1e-6, atol=0)

@@ -354,6 +354,7 @@ def test_multiway_expert_loss_picks_the_in_sync_window_and_descends():
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_small_budget_expression_beats_copy_exp0(tmp_path):
     """Issue 6's evaluation at a small budget (15 min on 1 CPU core): expert (400 steps) ->
     stage 1 on its frozen encoder (300) -> stage 2 (800), scored on held-out identities. The

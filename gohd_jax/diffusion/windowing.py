@@ -128,9 +128,10 @@ def iter_windows(sampler: WindowSampler, local_cond, first, *, window: int, key:
             cond = np.concatenate([cond, np.repeat(cond[:, -1:], width - cond.shape[1], axis=1)], axis=1)
         wkey = (jax.vmap(lambda k: jax.random.fold_in(k, w))(key) if key.ndim == 1
                 else jax.random.fold_in(key, w))
-        out = sampler(put(cond), prev, wkey)[:, skip:skip + hi - lo]
-        prev = out[:, -1]
-        yield lo, np.asarray(out)
+        # sliced on the host: slicing the device array would compile a program per window length
+        out = np.asarray(sampler(put(cond), prev, wkey))[:, skip:skip + hi - lo]
+        prev = put(np.ascontiguousarray(out[:, -1]))
+        yield lo, out
 
 
 def generate_long(sampler: WindowSampler, local_cond, first, *, key: jax.Array, window: int = 150,

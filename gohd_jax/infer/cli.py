@@ -29,8 +29,11 @@ examples:
   gohd export --checkpoint workdir/demo --out exported/
 """
 
+MANIFEST_COLUMNS = ("image", "audio", "out", "pose", "gaze", "blink", "pose_scale", "exp_scale", "seed",
+                    "source_descriptors")
 MANIFEST_HELP = """a CSV with a header row: image,audio,out (required) and any of pose, gaze, blink,
-pose_scale, exp_scale, seed, source_descriptors (the same values as the flags; empty = the flag's)"""
+pose_scale, exp_scale, seed, source_descriptors (the same values as the flags; empty = the flag's;
+relative paths are relative to the manifest's folder)"""
 
 
 PRECISIONS = ("auto", "float32", "bfloat16")  # gohd_jax.nn.policy.PRECISIONS
@@ -321,11 +324,15 @@ def _manifest_rows(path: str) -> list[dict]:
     need = {"image", "audio", "out"} - set(rows[0])
     if need:
         raise UsageError(f"{p}: the manifest lacks the column(s) {sorted(need)} (header: image,audio,out,...)")
+    unknown = [k for k in rows[0] if k not in MANIFEST_COLUMNS]
+    if unknown:
+        raise UsageError(f"{p}: unknown column(s) {unknown}; the columns are {', '.join(MANIFEST_COLUMNS)}")
     base = p.parent
-    for r in rows:
-        for k in ("image", "audio", "out", "source_descriptors"):
-            if r.get(k) and not Path(r[k]).is_absolute():
-                r[k] = str(base / r[k])
+    for r in rows:  # relative paths are relative to the manifest's folder
+        for k in ("image", "audio", "out", "source_descriptors", "pose", "gaze"):
+            v = r.get(k)
+            if v and (k not in ("pose", "gaze") or v.endswith(".npy")) and not Path(v).is_absolute():
+                r[k] = str(base / v)
     return rows
 
 

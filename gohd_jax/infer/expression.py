@@ -106,11 +106,14 @@ class ExpressionWindows:
                     c = np.asarray(controls[:, start:hi], np.float32)
                     ctrl_in = np.concatenate([c, np.repeat(c[:, -1:], pad, axis=1)], axis=1) if pad else c
             exp, ctrl = self._fn(self.state, jnp.asarray(audio), exp0, ctrl_in, k, hold)
+            # sliced on the host: slicing the device arrays would compile a program per length
             n = hi - start
-            exp0 = exp[:, n - 1]
+            exp = np.asarray(exp)[:, :n]
+            exp0 = jnp.asarray(exp[:, n - 1])
             if self.two_stage:
-                carry = ctrl[:, n - 1]
-            yield start, np.asarray(exp[:, :n]), (np.asarray(ctrl[:, :n]) if self.two_stage else None)
+                ctrl = np.asarray(ctrl)[:, :n]
+                carry = jnp.asarray(ctrl[:, n - 1])
+            yield start, exp, (ctrl if self.two_stage else None)
 
 
 def generate_expression(model, mel_windows, exp0, *, controls=None, key=None, window: int = 30,
