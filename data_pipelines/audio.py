@@ -314,11 +314,9 @@ def _mel_power(y: np.ndarray, n_fft: int, hop: int, win: int, basis: np.ndarray,
         lo, hi = a * hop - half, (b - 1) * hop - half + n_fft  # the samples frames a..b-1 read
         seg = np.zeros(hi - lo, np.float64 if preemphasis_k is not None else y.dtype)
         s0, s1 = max(lo, 0), min(hi, n)
-        if s1 > s0:
-            x = y[s0:s1]
-            if preemphasis_k is not None:
-                prev = np.concatenate([y[s0 - 1:s0] if s0 > 0 else np.zeros(1, y.dtype), x[:-1]])
-                x = x.astype(np.float64) - preemphasis_k * prev.astype(np.float64)
+        if s1 > s0:  # pre-emphasis from one sample before the chunk, as over the whole signal
+            x = (y[s0:s1] if preemphasis_k is None else
+                 preemphasis(y[max(s0 - 1, 0):s1], preemphasis_k)[1 if s0 > 0 else 0:])
             seg[s0 - lo:s1 - lo] = x
         mag = np.abs(librosa.stft(y=seg, n_fft=n_fft, hop_length=hop, win_length=win, center=False))
         mel = np.dot(basis, mag)

@@ -329,10 +329,11 @@ def _manifest_rows(path: str) -> list[dict]:
         raise UsageError(f"{p}: unknown column(s) {unknown}; the columns are {', '.join(MANIFEST_COLUMNS)}")
     base = p.parent
     for r in rows:  # relative paths are relative to the manifest's folder
-        for k in ("image", "audio", "out", "source_descriptors", "pose", "gaze"):
-            v = r.get(k)
-            if v and (k not in ("pose", "gaze") or v.endswith(".npy")) and not Path(v).is_absolute():
-                r[k] = str(base / v)
+        paths = ["image", "audio", "out", "source_descriptors"] + [k for k in ("pose", "gaze")
+                                                                   if (r.get(k) or "").endswith(".npy")]
+        for k in paths:
+            if r.get(k) and not Path(r[k]).is_absolute():
+                r[k] = str(base / r[k])
     return rows
 
 
