@@ -424,12 +424,39 @@ def frame_mel_windows(mel80: np.ndarray, num_frames: int, fps: int = FPS, frames
       ``[T, 80, 16]`` (mel band, time), dtype of ``mel80``; ``[len(frames), 80, 16]`` with ``frames``.
     """
     mel80 = _check_mel(mel80, "mel80")
-    t = _check_frames(num_frames)
-    which = np.arange(t)[frames] if frames is not None else np.arange(t)
-    starts = np.array([int(float(W2L_ROWS_PER_SECOND) * ((f - 2) / float(fps))) for f in np.atleast_1d(which)],
-                      dtype=np.int64)
-    idx = np.clip(starts[:, None] + np.arange(W2L_WINDOW)[None, :], 0, mel80.shape[0] - 1)
+    idx = frame_mel_window_rows(mel80.shape[0], num_frames, fps, frames)
     return np.ascontiguousarray(mel80[idx].transpose(0, 2, 1))  # [T, 16, 80] -> [T, 80, 16]
+
+
+def _frames(num_frames: int, frames) -> np.ndarray:
+    t = _check_frames(num_frames)
+    return np.atleast_1d(np.arange(t)[frames] if frames is not None else np.arange(t))
+
+
+def frame_mel_window_rows(num_rows: int, num_frames: int, fps: int = FPS, frames=None) -> np.ndarray:
+    """The mel rows of ``frame_mel_windows``: int64 ``[n, 16]``, frame-major (what a reader that
+    holds only some rows of the mel must fetch; ``mel80[rows]`` is the windows, time-major)."""
+    which = _frames(num_frames, frames)
+    starts = np.array([int(float(W2L_ROWS_PER_SECOND) * ((f - 2) / float(fps))) for f in which], dtype=np.int64)
+    return np.clip(starts.reshape(-1, 1) + np.arange(W2L_WINDOW)[None, :], 0, int(num_rows) - 1)
+
+
+def frame_cond_100hz_rows(num_rows: int, num_frames: int, frames=None) -> np.ndarray:
+    """The 100 Hz mel rows of ``frame_cond_100hz`` for ``frames``: int64 ``[n, 4]``."""
+    which = _frames(num_frames, frames)
+    return np.minimum(which.reshape(-1, 1) * ROWS_PER_FRAME + np.arange(ROWS_PER_FRAME), int(num_rows) - 1)
+
+
+def frame_cond_release_rows(num_rows: int, num_frames: int, frames=None) -> np.ndarray:
+    """The 80 Hz mel rows of ``frame_cond_release`` for ``frames``: int64 ``[n, 4]`` (row r of the
+    doubled mel is row ``r mod M`` of the mel). Raises ValueError as ``frame_cond_release`` does."""
+    t = _check_frames(num_frames)
+    if t * ROWS_PER_FRAME > 2 * int(num_rows):
+        # The official load_spectrogram would hand torch.cat a short chunk and fail.
+        raise ValueError(f"num_frames={t} needs {t * ROWS_PER_FRAME} rows but the doubled mel has "
+                         f"{2 * int(num_rows)}; num_frames must come from the same audio")
+    which = _frames(t, frames)
+    return (which.reshape(-1, 1) * ROWS_PER_FRAME + np.arange(ROWS_PER_FRAME)) % int(num_rows)
 
 
 def frame_cond_100hz(mel100: np.ndarray, num_frames: int) -> np.ndarray:
@@ -444,9 +471,7 @@ def frame_cond_100hz(mel100: np.ndarray, num_frames: int) -> np.ndarray:
     """
     mel100 = _check_mel(mel100, "mel100")
     t = _check_frames(num_frames)
-    idx = np.arange(t * ROWS_PER_FRAME)
-    idx = np.minimum(idx, mel100.shape[0] - 1)
-    return np.ascontiguousarray(mel100[idx].reshape(t, COND_DIM))
+    return np.ascontiguousarray(mel100[frame_cond_100hz_rows(mel100.shape[0], t)].reshape(t, COND_DIM))
 
 
 def frame_cond_release(mel80: np.ndarray, num_frames: int) -> np.ndarray:
@@ -466,12 +491,7 @@ def frame_cond_release(mel80: np.ndarray, num_frames: int) -> np.ndarray:
     """
     mel80 = _check_mel(mel80, "mel80")
     t = _check_frames(num_frames)
-    doubled = np.concatenate([mel80, mel80], axis=0)
-    if t * ROWS_PER_FRAME > doubled.shape[0]:
-        # The official load_spectrogram would hand torch.cat a short chunk and fail.
-        raise ValueError(f"num_frames={t} needs {t * ROWS_PER_FRAME} rows but the doubled mel has "
-                         f"{doubled.shape[0]}; num_frames must come from the same audio")
-    return np.ascontiguousarray(doubled[: t * ROWS_PER_FRAME].reshape(t, COND_DIM))
+    return np.ascontiguousarray(mel80[frame_cond_release_rows(mel80.shape[0], t)].reshape(t, COND_DIM))
 
 
 # --------------------------------------------------------------------------------------------

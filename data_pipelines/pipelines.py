@@ -33,6 +33,9 @@ Stages and their samples (W = window length, frames at 25 fps):
   window, then those of K frames of the same clip >= W away (the multi-way expert's task).
 
 Every sample also carries ``clip_index`` and ``start`` (int32) for tracing.
+Samplers read a clip through ``RecordClip`` (``ClipDataset.view``): only the time chunks that
+hold their rows and the frames they decode (``schema.ClipLayout``); other clip sources (TFDS)
+are whole dicts, seen through ``schema.DictClip``.
 Clips shorter than the window are left out when the pipeline is built (logged
 with their count); a record that turns out corrupt is skipped with a logged
 warning and a running count.
@@ -49,7 +52,7 @@ from collections.abc import Sequence
 import grain
 import numpy as np
 
-from data_pipelines import schema
+from data_pipelines import records, schema
 from data_pipelines.records import ClipDataset, DatasetError
 
 log = logging.getLogger(__name__)
@@ -95,25 +98,31 @@ class _Sampler(grain.transforms.RandomMap):
     clips: ClipDataset  # or any source with the same __getitem__
     window: int
     bad_records: int = 0
+    count_bytes: bool = False  # add ``bytes_read`` (int64): the sample's ArrayRecord bytes
 
     def random_map(self, clip_index, rng: np.random.Generator):
+        before = records.bytes_read()
         try:
-            clip = self.clips[int(clip_index)]
+            i = int(clip_index)
+            clip = self.clips.view(i) if hasattr(self.clips, "view") else schema.DictClip(self.clips[i])
             out = self.sample(clip, rng)
         except schema.BadRecordError as e:
             self.bad_records += 1
             log.warning("skipping bad record (%d so far in this process): %s", self.bad_records, e)
             return None
         out["clip_index"] = np.int32(clip_index)
+        if self.count_bytes:
+            out["bytes_read"] = np.int64(records.bytes_read() - before)
         return out
 
-    def sample(self, clip: dict, rng: np.random.Generator) -> dict:
+    def sample(self, clip, rng: np.random.Generator) -> dict:
+        """``clip``: a ``RecordClip`` or ``schema.DictClip``."""
         raise NotImplementedError
 
-    def _start(self, clip: dict, rng: np.random.Generator) -> int:
-        t = len(clip["frames"])
+    def _start(self, clip, rng: np.random.Generator) -> int:
+        t = clip.num_frames
         if t < self.window:
-            raise schema.BadRecordError(f"clip {clip['clip_id']} has {t} frames, fewer than the window "
+            raise schema.BadRecordError(f"clip {clip.clip_id} has {t} frames, fewer than the window "
                                         f"{self.window} (the manifest said otherwise)")
         return int(rng.integers(0, t - self.window + 1))
 
@@ -123,13 +132,13 @@ class AnimatorSampler(_Sampler):
     """(source frame, target frame, descriptor window centred on the target)."""
 
     def sample(self, clip, rng):
-        t = len(clip["frames"])
+        t = clip.num_frames
         target, source = (int(x) for x in rng.integers(0, t, size=2))
         radius = self.window // 2
         idx = np.clip(np.arange(target - radius, target + radius + 1), 0, t - 1)
-        return {"source": schema.decode_jpeg(clip["frames"][source]),
-                "target": schema.decode_jpeg(clip["frames"][target]),
-                "descriptor_window": np.asarray(clip["descriptors"][idx], np.float32),
+        source_jpeg, target_jpeg = clip.frames([source, target])  # one request for both
+        return {"source": schema.decode_jpeg(source_jpeg), "target": schema.decode_jpeg(target_jpeg),
+                "descriptor_window": np.asarray(clip.rows("descriptors", idx), np.float32),
                 "start": np.int32(target)}
 
 
@@ -143,15 +152,17 @@ class MotionSampler(_Sampler):
         from data_pipelines import audio
 
         start = self._start(clip, rng)
-        t = len(clip["frames"])
-        if self.condition == "mel100":
-            cond = audio.frame_cond_100hz(clip["mel_100hz"], t)
-        else:
-            cond = audio.frame_cond_release(clip["mel_80hz"], t)
+        t = clip.num_frames
         sl = slice(start, start + self.window)
-        pose = np.asarray(clip["descriptors"][sl, schema.POSE], np.float32)
-        gaze = np.asarray(clip["descriptors"][sl, schema.GAZE], np.float32)
-        return {"cond": np.asarray(cond[sl], np.float32), "pose": pose - pose[0], "gaze": gaze,
+        if self.condition == "mel100":
+            field, rows = "mel_100hz", audio.frame_cond_100hz_rows
+        else:
+            field, rows = "mel_80hz", audio.frame_cond_release_rows
+        cond = clip.rows(field, rows(clip.num_rows(field), t, frames=sl)).reshape(self.window, audio.COND_DIM)
+        desc = clip.rows("descriptors", np.arange(start, start + self.window))
+        pose = np.asarray(desc[:, schema.POSE], np.float32)
+        gaze = np.asarray(desc[:, schema.GAZE], np.float32)
+        return {"cond": np.asarray(cond, np.float32), "pose": pose - pose[0], "gaze": gaze,
                 "pose0": pose[0].copy(), "gaze0": gaze[0].copy(), "start": np.int32(start)}
 
 
@@ -160,14 +171,13 @@ class ExpressionSampler(_Sampler):
     """(Wav2Lip mel windows, expression, controls, first-frame expression)."""
 
     def sample(self, clip, rng):
-        from data_pipelines import audio
 
         start = self._start(clip, rng)
-        sl = slice(start, start + self.window)
-        mels = audio.frame_mel_windows(clip["mel_80hz"], len(clip["frames"]), frames=sl)
-        expression = np.asarray(clip["descriptors"][sl, schema.EXPRESSION], np.float32)
-        return {"mel_windows": np.asarray(mels, np.float32), "expression": expression,
-                "controls": np.asarray(clip["controls"][sl], np.float32), "exp0": expression[0].copy(),
+        frames = np.arange(start, start + self.window)
+        mels = _mel_windows(clip, frames)
+        expression = np.asarray(clip.rows("descriptors", frames)[:, schema.EXPRESSION], np.float32)
+        return {"mel_windows": mels, "expression": expression,
+                "controls": np.asarray(clip.rows("controls", frames), np.float32), "exp0": expression[0].copy(),
                 "start": np.int32(start)}
 
 
@@ -181,26 +191,36 @@ class SyncSampler(_Sampler):
     faces: bool = True  # False: no JPEG decoding (the coefficient-space expert reads expression only)
 
     def sample(self, clip, rng):
-        from data_pipelines import audio
 
-        t, w = len(clip["frames"]), self.window
+        t, w = clip.num_frames, self.window
         if t < 3 * w:
-            raise schema.BadRecordError(f"clip {clip['clip_id']} has {t} frames, fewer than {3 * w}")
+            raise schema.BadRecordError(f"clip {clip.clip_id} has {t} frames, fewer than {3 * w}")
         half = w // 2
         f = int(rng.integers(half, t - (w - half) + 1))
         in_sync = bool(rng.random() < 0.5)
         far = np.concatenate([np.arange(0, max(f - w + 1, 0)), np.arange(min(f + w, t), t)])
         g = f if in_sync else int(far[rng.integers(0, len(far))])  # shifted: uniform over far frames
         negs = rng.choice(far, self.negatives, replace=len(far) < self.negatives) if self.negatives else []
-        mels = audio.frame_mel_windows(clip["mel_80hz"], t, frames=[g, f, *negs])
-        expression = np.asarray(clip["descriptors"][f - half:f - half + w, schema.EXPRESSION], np.float32)
-        out = {"mel": np.asarray(mels[0], np.float32), "expression": expression,
+        mels = _mel_windows(clip, [g, f, *negs])
+        expression = np.asarray(clip.rows("descriptors", np.arange(f - half, f - half + w))[:, schema.EXPRESSION],
+                                np.float32)
+        out = {"mel": mels[0], "expression": expression,
                "label": np.float32(in_sync), "offset": np.int32(g - f), "start": np.int32(f)}
         if self.faces:
-            out["faces"] = np.stack([schema.decode_jpeg(clip["frames"][i]) for i in range(f - half, f - half + w)])
+            window = range(f - half, f - half + w)
+            out["faces"] = np.stack([schema.decode_jpeg(b) for b in clip.frames(window)])
         if self.negatives:
             out["mel_candidates"] = np.asarray(mels[1:], np.float32)
         return out
+
+
+def _mel_windows(clip, frames) -> np.ndarray:
+    """The Wav2Lip mel windows of ``frames`` of a clip (``audio.frame_mel_windows``), reading only
+    their rows: float32 [n, 80, 16]."""
+    from data_pipelines import audio
+
+    rows = audio.frame_mel_window_rows(clip.num_rows("mel_80hz"), clip.num_frames, frames=np.asarray(frames))
+    return np.ascontiguousarray(clip.rows("mel_80hz", rows).transpose(0, 2, 1), dtype=np.float32)
 
 
 _SAMPLERS = {"animator": AnimatorSampler, "motion": MotionSampler, "expression": ExpressionSampler,
@@ -211,13 +231,14 @@ def make_dataset(stage: str, data_dir, *, seed: int = 0, window: int | None = No
                  heldout_fraction: float = 0.25, num_epochs: int | None = None,
                  shard_index: int | None = None, shard_count: int | None = None,
                  condition: str = "mel100", sync_negatives: int = 0,
-                 sync_faces: bool = True) -> grain.MapDataset:
+                 sync_faces: bool = True, count_bytes: bool = False) -> grain.MapDataset:
     """The unbatched sample stream of ``stage`` (see the module docstring).
 
     ``data_dir`` is a clip dataset folder, or any clip source with ``index`` and
     ``__getitem__`` (a ``ClipDataset``, ``data_pipelines.tfds.TfdsClips``). The global stream
     (the whole clip list, shuffled, repeated, sampled) is split over ``shard_count`` processes
     (default: the JAX process count) last, by position; ``num_epochs=None`` repeats forever.
+    ``count_bytes`` adds ``bytes_read`` to every sample (``gohd-data bench``).
     """
     if stage not in _SAMPLERS:
         raise ValueError(f"unknown stage {stage!r}; choose one of {STAGES}")
@@ -236,7 +257,7 @@ def make_dataset(stage: str, data_dir, *, seed: int = 0, window: int | None = No
     kwargs = {"condition": condition} if stage == "motion" else {}
     if stage == "sync":
         kwargs = {"negatives": int(sync_negatives), "faces": bool(sync_faces)}
-    sampler = _SAMPLERS[stage](clips=clips, window=window, **kwargs)
+    sampler = _SAMPLERS[stage](clips=clips, window=window, count_bytes=count_bytes, **kwargs)
     ds = grain.MapDataset.source(eligible).seed(seed).shuffle().repeat(num_epochs).random_map(sampler)
     return ds[shard_index::shard_count]
 

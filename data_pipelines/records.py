@@ -4,9 +4,14 @@ and a random-access reader.
 Layout of a dataset folder::
 
     DIR/plan.json                                  what is being written (checked on rerun)
-    DIR/clips-00000-of-00004.array_record          one shard, ``clips_per_shard`` records
+    DIR/clips-00000-of-00004.array_record          one shard, ``clips_per_shard`` clips, each a run
+                                                   of records (``schema.ClipLayout``)
     DIR/clips-00000-of-00004.array_record.done.json  the shard's commit marker (count, bytes, sha256)
     DIR/manifest.json                              written last: counts, hashes, schema, index
+
+The index (``manifest["shards"][j]["records"]``, one entry per clip) gives each clip's
+``clip_id``, ``identity_id``, ``num_frames``, content ``hash``, and where its records are:
+``first_record`` (in its shard) and ``record_count``.
 
 A shard counts as done only when its commit marker exists and the shard has the
 size the marker records. Shards are written to ``*.tmp``, flushed, then renamed,
@@ -23,6 +28,7 @@ import logging
 import math
 import multiprocessing
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -92,12 +98,25 @@ class _EncodeJob:
     def __call__(self, index: int):
         try:
             clip = make_record_clip(self.make_clip(index), self.jpeg_quality)
-            data, digest = schema.encode_record(clip)
+            recs, digest = schema.encode_clip(clip)
         except Exception as e:  # a bad item is a logged skip, never fatal to the run
             return index, None, f"{type(e).__name__}: {e}"
-        entry = {"clip_id": str(clip["clip_id"]), "identity_id": str(clip["identity_id"]),
-                 "num_frames": len(clip["frames"]), "hash": digest}
-        return index, data, entry
+        return index, recs, index_entry(clip, recs, digest)
+
+
+def index_entry(clip: dict, recs: list[bytes], digest: str) -> dict:
+    """The manifest's entry for a clip (``first_record`` is set when it is written)."""
+    return {"clip_id": str(clip["clip_id"]), "identity_id": str(clip["identity_id"]),
+            "num_frames": len(clip["frames"]), "hash": digest, "first_record": 0, "record_count": len(recs)}
+
+
+def append_clip(writer, recs: list[bytes], entry: dict, position: int) -> int:
+    """Writes a clip's records at record ``position`` of an ArrayRecord writer, sets the entry's
+    ``first_record``; returns the next position."""
+    for r in recs:
+        writer.write(r)
+    entry["first_record"] = position
+    return position + len(recs)
 
 
 # ----------------------------------------------------------------------------- writer
@@ -118,6 +137,7 @@ def _shard_done(root: Path, name: str) -> dict | None:
 def write_dataset(out_dir: str | os.PathLike, num_items: int, make_clip: Callable[[int], dict], *,
                   clips_per_shard: int = 64, jpeg_quality: int = 95, workers: int = 0,
                   compression: str = "snappy", dataset_info: dict | None = None,
+                  extra_skipped: list | None = None,
                   progress: bool = True) -> dict:
     """Writes items ``0..num_items-1`` (``make_clip(i)`` -> raw clip) as clip-record shards.
 
@@ -144,6 +164,10 @@ def write_dataset(out_dir: str | os.PathLike, num_items: int, make_clip: Callabl
     plan = json.loads(json.dumps(plan, sort_keys=True))  # normalise (tuples -> lists)
     if (root / PLAN).is_file():
         old = json.loads((root / PLAN).read_text())
+        if old.get("schema_version") != plan["schema_version"]:
+            raise DatasetError(f"{root} holds a schema-{old.get('schema_version')} dataset; this code writes schema "
+                               f"{plan['schema_version']}: delete the folder to write it again, or convert a "
+                               f"finished one with `gohd-data migrate {root} NEW_FOLDER`")
         if old != plan:
             diff = sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))
             raise DatasetError(f"{root} holds a dataset written with other settings (differs in {diff}); "
@@ -180,7 +204,7 @@ def write_dataset(out_dir: str | os.PathLike, num_items: int, make_clip: Callabl
         if pool is not None:
             pool.terminate()
             pool.join()
-    return _finish_manifest(root, names, plan)
+    return _finish_manifest(root, names, plan, extra_skipped)
 
 
 def _write_shard(root: Path, name: str, compression: str, indices: range, results, bar) -> None:
@@ -188,16 +212,16 @@ def _write_shard(root: Path, name: str, compression: str, indices: range, result
 
     tmp = root / (name + ".tmp")
     writer = ArrayRecordWriter(str(tmp), f"group_size:1,{compression}")
-    entries, skipped = [], []
+    entries, skipped, position = [], [], 0
     try:
         for expected in indices:
-            index, data, entry = next(results)
+            index, recs, entry = next(results)
             assert index == expected, (index, expected)
-            if data is None:
+            if recs is None:
                 log.warning("skipping item %d: %s", index, entry)
                 skipped.append({"item": index, "reason": entry})
             else:
-                writer.write(data)
+                position = append_clip(writer, recs, entry, position)
                 entries.append(entry)
             if bar is not None:
                 bar.update(1)
@@ -256,8 +280,13 @@ def load_manifest(root: str | os.PathLike) -> dict:
         raise DatasetError(f"{path} is not valid JSON ({e}); rerun the writer to rebuild it") from None
     if manifest.get("format") != FORMAT:
         raise DatasetError(f"{path} is not a {FORMAT} manifest (format={manifest.get('format')!r})")
-    if manifest.get("schema_version") != schema.SCHEMA_VERSION:
-        raise DatasetError(f"{path} has schema version {manifest.get('schema_version')}, this code reads "
+    version = manifest.get("schema_version")
+    if version == 1:
+        raise DatasetError(f"{root} is a schema-1 dataset (one record per clip), this code reads schema "
+                           f"{schema.SCHEMA_VERSION} (records per time chunk and per frame); convert it with "
+                           f"`gohd-data migrate {root} NEW_FOLDER`")
+    if version != schema.SCHEMA_VERSION:
+        raise DatasetError(f"{path} has schema version {version}, this code reads "
                            f"{schema.SCHEMA_VERSION}; regenerate the dataset")
     for shard in manifest["shards"]:
         f = root / shard["file"]
@@ -273,64 +302,179 @@ def load_manifest(root: str | os.PathLike) -> dict:
     return manifest
 
 
+_READS = threading.local()
+
+
+def bytes_read() -> int:
+    """Bytes this thread has read from ArrayRecord shards so far (every ``ClipDataset`` read
+    counts, as returned by ArrayRecord: what a sample really costs in I/O)."""
+    return getattr(_READS, "bytes", 0)
+
+
+def _count_read(n: int) -> None:
+    _READS.bytes = bytes_read() + n
+
+
+class RecordClip:
+    """One clip of a ``ClipDataset``, read lazily: the interface the samplers use
+    (``num_frames``, ``clip_id``, ``num_rows(field)``, ``rows(field, idx)``, ``frame(i)``, as
+    ``schema.DictClip``), reading only the time chunks and frames asked for (each chunk once).
+    ``load()`` reads the whole clip into a dict."""
+
+    def __init__(self, dataset: "ClipDataset", i: int):
+        self.dataset, self.i = dataset, i
+        entry = dataset.index[i]
+        self.clip_id, self.num_frames = entry["clip_id"], int(entry["num_frames"])
+        self.layout = schema.ClipLayout(self.num_frames)
+        if entry.get("record_count") != self.layout.num_records:
+            raise schema.BadRecordError(f"{self.where()}: the manifest gives {entry.get('record_count')} records, "
+                                        f"{self.num_frames} frames need {self.layout.num_records}")
+        self._chunks: dict[tuple[str, int], dict] = {}
+
+    def where(self, offset: int | None = None) -> str:
+        file, first = self.dataset.location(self.i)
+        at = "" if offset is None else f" record {first + offset}"
+        return f"clip {self.clip_id} ({file}{at})"
+
+    def num_rows(self, field: str) -> int:
+        return schema.num_rows(field, self.num_frames)
+
+    def _load_chunks(self, group: str, ks) -> None:
+        need = [int(k) for k in ks if (group, int(k)) not in self._chunks]
+        offsets = [self.layout.chunk_record(k, group) for k in need]
+        for k, off, data in zip(need, offsets, self.dataset.read(self.i, offsets)):
+            self._chunks[(group, k)] = schema.decode_chunk(data, group, k, self.num_frames, self.where(off))
+
+    def rows(self, field: str, idx) -> np.ndarray:
+        """Rows ``idx`` (an int array of any shape) of a time field (``aux/<key>`` for aux)."""
+        group = schema.FIELD_GROUP.get(field, "per_frame")
+        idx = np.asarray(idx, np.int64)
+        n = self.num_rows(field)
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise IndexError(f"{self.where()}: rows of {field} out of [0, {n})")
+        chunks = self.layout.chunk_of(group, idx)
+        ks = [int(k) for k in np.unique(chunks)] or [0]
+        self._load_chunks(group, ks)
+        if field not in self._chunks[(group, ks[0])]:
+            raise KeyError(f"{self.where()}: no field {field!r}")
+        like = self._chunks[(group, ks[0])][field]
+        out = np.empty(idx.shape + like.shape[1:], like.dtype)
+        for k in ks:
+            m = chunks == k
+            out[m] = self._chunks[(group, k)][field][idx[m] - self.layout.chunk_rows(group, k)[0]]
+        return out
+
+    def frame(self, i: int) -> bytes:
+        """JPEG bytes of frame ``i``."""
+        return self.frames([i])[0]
+
+    def frames(self, indices) -> list[bytes]:
+        offs = [self.layout.frame_record(int(i)) for i in indices]
+        if any(not 0 <= int(i) < self.num_frames for i in indices):
+            raise IndexError(f"{self.where()}: frames {list(indices)} out of [0, {self.num_frames})")
+        return self.dataset.read(self.i, offs)
+
+    def load(self, verify_hash: bool = False) -> dict:
+        """The whole clip as a dict in the schema's form (frames as JPEG bytes, ``content_hash``)."""
+        recs = self.dataset.read(self.i, range(self.layout.num_records))
+        if verify_hash and schema.records_digest(recs) != self.dataset.index[self.i]["hash"]:
+            raise schema.BadRecordError(f"{self.where()}: content hash differs from the manifest (corrupted)")
+        head = schema.decode_header(recs[0], self.where(0))
+        if head["num_frames"] != self.num_frames or head["clip_id"] != self.clip_id:
+            raise schema.BadRecordError(f"{self.where(0)}: header says {head['clip_id']} with {head['num_frames']} "
+                                        f"frames, the manifest {self.clip_id} with {self.num_frames}")
+        parts: dict[str, list] = {}
+        for k in range(self.layout.num_chunks):
+            for group in schema.GROUPS:
+                off = self.layout.chunk_record(k, group)
+                for name, a in schema.decode_chunk(recs[off], group, k, self.num_frames, self.where(off)).items():
+                    parts.setdefault(name, []).append(a)
+        clip = {key: head[key] for key in ("clip_id", "identity_id", "source_id", "fps", "sample_rate",
+                                            "height", "width")}
+        clip.update({name: np.concatenate(p) for name, p in parts.items() if not name.startswith("aux/")})
+        clip["aux"] = {name[4:]: np.concatenate(p) for name, p in parts.items() if name.startswith("aux/")}
+        clip["frames"] = list(recs[self.layout.frame_record(0):])
+        clip["content_hash"] = self.dataset.index[self.i]["hash"]
+        schema.validate_clip(clip, self.where())
+        return clip
+
+
 class ClipDataset:
     """Random access to the clips of a dataset folder (a Grain-compatible data source).
 
-    ``ds[i]`` -> clip dict (see ``schema``; frames stay JPEG bytes, decode with
+    ``ds.view(i)`` -> ``RecordClip``: reads only what is asked for (the pipelines' samplers).
+    ``ds[i]`` -> the whole clip dict (see ``schema``; frames stay JPEG bytes, decode with
     ``schema.decode_frames``). ``ds.index[i]`` gives ``clip_id``, ``identity_id``,
-    ``num_frames`` and ``hash`` without reading the record. Picklable: worker
-    processes reopen the shards lazily.
+    ``num_frames`` and ``hash`` without reading a record. Picklable: worker
+    processes reopen the shards lazily. ``read_latency_s`` adds a sleep to every read call
+    (benchmarks: object storage's per-request latency, e.g. 0.02; the records of one call are
+    requested together).
     """
 
-    def __init__(self, root: str | os.PathLike, verify_hashes: bool = False):
+    def __init__(self, root: str | os.PathLike, verify_hashes: bool = False, read_latency_s: float = 0.0):
         self.root = Path(root)
+        self.read_latency_s = float(read_latency_s)
         self.manifest = load_manifest(self.root)
-        self.files = [str(self.root / s["file"]) for s in self.manifest["shards"] if s["num_records"]]
-        self.index: list[dict] = [r for s in self.manifest["shards"] for r in s["records"]]
-        self._where = [(s["file"], k) for s in self.manifest["shards"] for k in range(s["num_records"])]
+        shards = [s for s in self.manifest["shards"] if s["num_records"]]
+        self.files = [str(self.root / s["file"]) for s in shards]
+        self.index: list[dict] = [r for s in shards for r in s["records"]]
+        self._where = [(j, int(r["first_record"])) for j, s in enumerate(shards) for r in s["records"]]
+        self._shard_records = [sum(int(r["record_count"]) for r in s["records"]) for s in shards]
         self.verify_hashes = verify_hashes
-        self._source = None
+        self._readers: dict[int, Any] = {}
 
     def __len__(self) -> int:
         return len(self.index)
 
-    def _open(self):
-        if self._source is None:
-            from array_record.python.array_record_data_source import ArrayRecordDataSource
+    def _reader(self, j: int):
+        """Shard ``j``'s ArrayRecord reader (random access: no read-ahead), opened once per process."""
+        reader = self._readers.get(j)
+        if reader is None:
+            from array_record.python.array_record_module import ArrayRecordReader
             try:
-                self._source = ArrayRecordDataSource(self.files)
+                reader = ArrayRecordReader(self.files[j], options="readahead_buffer_size:0",
+                                           file_reader_buffer_size=32768)
             except Exception as e:
-                raise DatasetError(f"cannot open the shards of {self.root}: {e}") from None
-            if len(self._source) != len(self.index):
-                raise DatasetError(f"{self.root}: shards hold {len(self._source)} records but the manifest "
-                                   f"lists {len(self.index)}; rewrite the dataset")
-        return self._source
+                raise DatasetError(f"cannot open shard {self.files[j]}: {e}") from None
+            if reader.num_records() != self._shard_records[j]:
+                raise DatasetError(f"{self.files[j]} holds {reader.num_records()} records but the manifest "
+                                   f"gives {self._shard_records[j]}; rewrite the dataset")
+            self._readers[j] = reader
+        return reader
 
-    def raw(self, i: int) -> bytes:
-        """The undecoded bytes of record ``i``."""
-        return self._open()[int(i)]
+    def location(self, i: int) -> tuple[str, int]:
+        """(shard file, first record in it) of clip ``i``."""
+        j, first = self._where[i]
+        return Path(self.files[j]).name, first
 
-    def __getitem__(self, i: int) -> dict:
+    def read(self, i: int, offsets) -> list[bytes]:
+        """The undecoded bytes of clip ``i``'s records ``offsets`` (from its first record, as
+        ``schema.ClipLayout`` gives them), in one request to its shard."""
+        j, first = self._where[i]
+        positions = [first + int(o) for o in offsets]
+        if self.read_latency_s:
+            time.sleep(self.read_latency_s)
+        reader = self._reader(j)
+        try:
+            data = reader.read(positions)
+        except Exception as e:
+            file, _ = self.location(i)
+            raise schema.BadRecordError(f"clip {self.index[i]['clip_id']} ({file}): cannot read records "
+                                        f"{positions[:4]}{'...' if len(positions) > 4 else ''} ({e})") from None
+        _count_read(sum(len(d) for d in data))
+        return list(data)
+
+    def view(self, i: int) -> RecordClip:
         i = int(i)
         if not 0 <= i < len(self):
             raise IndexError(f"clip {i} out of range [0, {len(self)})")
-        file, k = self._where[i]
-        where = f"record {k} of {file}"
-        try:
-            data = self.raw(i)
-        except DatasetError:
-            raise
-        except Exception as e:
-            raise schema.BadRecordError(f"{where}: cannot read ({e})") from None
-        clip = schema.decode_record(data, where, verify_hash=self.verify_hashes)
-        if clip["content_hash"] != self.index[i]["hash"]:
-            raise schema.BadRecordError(f"{where}: content hash differs from the manifest")
-        return clip
+        return RecordClip(self, i)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.view(i).load(verify_hash=self.verify_hashes)
 
     def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_source"] = None
-        return state
+        return dict(self.__dict__, _readers={})
 
     def __repr__(self) -> str:
         return f"ClipDataset({str(self.root)!r}, clips={len(self)})"

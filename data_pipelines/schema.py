@@ -1,11 +1,20 @@
-"""The clip record: one talking-head clip, as stored in ArrayRecord shards.
+"""The clip records: one talking-head clip, as stored in ArrayRecord shards (schema 2).
 
-One record holds one clip. The same schema serves the synthetic generator and
-real preprocessed video. A record is a msgpack map ``{"v", "hash", "body"}``:
-``body`` is the msgpack-packed field map below, ``hash`` the sha256 of ``body``
-(the clip's content hash), ``v`` the schema version. Arrays are stored as
-``{"dtype", "shape", "data"}`` maps of little-endian C-order bytes, so a record
-is readable with nothing but msgpack and numpy.
+The clip is the unit of the manifest and of identity splits, but not of reading: a clip is a run
+of records in its shard, so that a sample reads only what it uses, and its bytes do not grow
+with the clip's length.
+
+* one **header** record: ids, frame size, frame count;
+* for every **time chunk** of ``CHUNK_FRAMES`` frames (2 s), one record per **group**:
+  ``per_frame`` (descriptors, controls, aux), ``mel_80hz``, ``mel_100hz``, ``audio``;
+* one record per **frame**: its JPEG bytes, nothing else.
+
+``ClipLayout`` gives each record's offset from the clip's first; the manifest gives each clip's
+first record (``first_record``) and count (``record_count``), so a reader needs no header to find
+a chunk or a frame. Header and chunk records are msgpack maps with ``v`` (the schema version) and
+``kind``; arrays are ``{"dtype", "shape", "data"}`` maps of little-endian C-order bytes, so a
+record is readable with nothing but msgpack and numpy. The clip's content hash is sha256 over its
+records (``records_digest``). Schema 1 (one record per clip) converts with ``gohd-data migrate``.
 
 Fields (T = number of video frames at 25 fps):
 
@@ -32,6 +41,7 @@ aux                map of str -> array [T,...]  optional per-frame ground truth
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 from typing import Any
@@ -40,7 +50,7 @@ import msgpack
 import numpy as np
 from PIL import Image
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 FPS = 25
 SAMPLE_RATE = 16000
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
@@ -71,6 +81,19 @@ FIELDS: dict[str, str] = {
     "mel_100hz": "float32 [1+T*640//160, 80]: AudioConfig mel, 100 rows/s, [0, 1]",
     "aux": "dict[str, array [T,...]]: optional per-frame ground truth",
 }
+
+# Time chunks: 50 frames = 2 s = 32,000 samples = 160 rows at 80 Hz = 200 rows at 100 Hz.
+CHUNK_FRAMES = 50
+GROUPS = ("per_frame", "mel_80hz", "mel_100hz", "audio")
+GROUP_FIELDS = {"per_frame": ("descriptors", "controls"), "mel_80hz": ("mel_80hz",),
+                "mel_100hz": ("mel_100hz",), "audio": ("audio",)}
+FIELD_GROUP = {f: g for g, fs in GROUP_FIELDS.items() for f in fs}
+TIME_FIELDS = ("audio", "descriptors", "controls", "mel_80hz", "mel_100hz")
+FIELD_TAIL = {"audio": (), "descriptors": (DESCRIPTOR_DIM,), "controls": (CONTROL_DIM,),
+              "mel_80hz": (MEL_BINS,), "mel_100hz": (MEL_BINS,)}
+ROWS_PER_CHUNK = {"per_frame": CHUNK_FRAMES, "audio": CHUNK_FRAMES * SAMPLES_PER_FRAME,
+                  "mel_80hz": CHUNK_FRAMES * SAMPLES_PER_FRAME // 200,
+                  "mel_100hz": CHUNK_FRAMES * SAMPLES_PER_FRAME // 160}
 
 
 class BadRecordError(ValueError):
@@ -121,17 +144,10 @@ def validate_clip(clip: dict, where: str = "clip") -> None:
     name = f"{where} ({clip['clip_id']})"
     if t == 0:
         raise BadRecordError(f"{name}: no frames")
-    checks = [
-        ("audio", clip["audio"].shape, (t * SAMPLES_PER_FRAME,)),
-        ("descriptors", clip["descriptors"].shape, (t, DESCRIPTOR_DIM)),
-        ("controls", clip["controls"].shape, (t, CONTROL_DIM)),
-        ("mel_80hz", clip["mel_80hz"].shape, (1 + t * SAMPLES_PER_FRAME // 200, MEL_BINS)),
-        ("mel_100hz", clip["mel_100hz"].shape, (1 + t * SAMPLES_PER_FRAME // 160, MEL_BINS)),
-    ]
-    for field, got, want in checks:
-        if tuple(got) != want:
-            raise BadRecordError(f"{name}: {field} has shape {tuple(got)} but {t} frames need {want}")
-    for field in ("audio", "descriptors", "controls", "mel_80hz", "mel_100hz"):
+    for field in TIME_FIELDS:
+        got, want = tuple(np.shape(clip[field])), (num_rows(field, t), *FIELD_TAIL[field])
+        if got != want:
+            raise BadRecordError(f"{name}: {field} has shape {got} but {t} frames need {want}")
         if clip[field].dtype != np.float32:
             raise BadRecordError(f"{name}: {field} is {clip[field].dtype}, expected float32")
         if not np.all(np.isfinite(clip[field])):
@@ -141,52 +157,167 @@ def validate_clip(clip: dict, where: str = "clip") -> None:
             raise BadRecordError(f"{name}: aux[{key!r}] has {len(arr)} rows but the clip has {t} frames")
 
 
-def encode_record(clip: dict) -> tuple[bytes, str]:
-    """Serialises a clip (frames already JPEG bytes) -> (record bytes, content hash hex).
+# ----------------------------------------------------------------------------- time chunks
+
+def num_rows(field: str, num_frames: int) -> int:
+    """Rows of a time field for a clip of ``num_frames`` frames (``aux/<key>``: one per frame)."""
+    group = FIELD_GROUP.get(field, "per_frame")
+    t = int(num_frames)
+    return {"per_frame": t, "audio": t * SAMPLES_PER_FRAME, "mel_80hz": 1 + t * SAMPLES_PER_FRAME // 200,
+            "mel_100hz": 1 + t * SAMPLES_PER_FRAME // 160}[group]
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipLayout:
+    """Where a clip's records sit among its shard's records, from its first one (offset 0): the
+    header, then for each time chunk k one record per group (``GROUPS`` order), then one record
+    per frame. Chunk k holds rows ``[k R, (k + 1) R)`` of each group (R = ``ROWS_PER_CHUNK``); the
+    last chunk holds the rest (the mels' extra row included)."""
+
+    num_frames: int
+
+    @property
+    def num_chunks(self) -> int:
+        return -(-self.num_frames // CHUNK_FRAMES)
+
+    @property
+    def num_records(self) -> int:
+        return 1 + self.num_chunks * len(GROUPS) + self.num_frames
+
+    def chunk_record(self, k: int, group: str) -> int:
+        return 1 + int(k) * len(GROUPS) + GROUPS.index(group)
+
+    def frame_record(self, i: int) -> int:
+        return 1 + self.num_chunks * len(GROUPS) + int(i)
+
+    def chunk_of(self, group: str, rows: np.ndarray) -> np.ndarray:
+        return np.minimum(np.asarray(rows) // ROWS_PER_CHUNK[group], self.num_chunks - 1)
+
+    def chunk_rows(self, group: str, k: int) -> tuple[int, int]:
+        lo = int(k) * ROWS_PER_CHUNK[group]
+        field = GROUP_FIELDS[group][0]
+        hi = num_rows(field, self.num_frames) if k == self.num_chunks - 1 else lo + ROWS_PER_CHUNK[group]
+        return lo, hi
+
+
+def _pack(obj: dict) -> bytes:
+    return msgpack.packb(obj, default=_default, use_bin_type=True)
+
+
+def _group_arrays(clip: dict, group: str) -> dict[str, np.ndarray]:
+    if group != "per_frame":
+        return {group: np.asarray(clip[group], np.float32)}
+    out = {k: np.asarray(clip[k], np.float32) for k in GROUP_FIELDS["per_frame"]}
+    out.update({f"aux/{k}": np.asarray(v) for k, v in (clip.get("aux") or {}).items()})
+    return out
+
+
+def encode_clip(clip: dict) -> tuple[list[bytes], str]:
+    """Serialises a clip (frames already JPEG bytes) -> (its records in ``ClipLayout`` order,
+    content hash hex: sha256 over the records, each preceded by its length).
 
     ``clip`` needs every field of the schema table except fps/sample_rate/height/width,
     which are filled in. The clip is validated first.
     """
     validate_clip(clip)
+    t = len(clip["frames"])
     h, w = decode_jpeg(clip["frames"][0]).shape[:2]
-    body_fields = {
-        "clip_id": str(clip["clip_id"]), "identity_id": str(clip["identity_id"]),
-        "source_id": str(clip.get("source_id", "")), "fps": FPS, "sample_rate": SAMPLE_RATE,
-        "height": int(h), "width": int(w), "frames": [bytes(f) for f in clip["frames"]],
-        **{k: np.asarray(clip[k], np.float32)
-           for k in ("audio", "descriptors", "controls", "mel_80hz", "mel_100hz")},
-        "aux": {k: np.asarray(v) for k, v in (clip.get("aux") or {}).items()},
-    }
-    body = msgpack.packb(body_fields, default=_default, use_bin_type=True)
-    digest = hashlib.sha256(body).hexdigest()
-    return msgpack.packb({"v": SCHEMA_VERSION, "hash": digest, "body": body}, use_bin_type=True), digest
+    layout = ClipLayout(t)
+    aux = {k: np.asarray(v) for k, v in (clip.get("aux") or {}).items()}
+    header = {"v": SCHEMA_VERSION, "kind": "header", "clip_id": str(clip["clip_id"]),
+              "identity_id": str(clip["identity_id"]), "source_id": str(clip.get("source_id", "")),
+              "fps": FPS, "sample_rate": SAMPLE_RATE, "height": int(h), "width": int(w), "num_frames": t,
+              "chunk_frames": CHUNK_FRAMES,
+              "aux": {k: {"dtype": a.dtype.newbyteorder("<").str, "shape": list(a.shape[1:])} for k, a in aux.items()}}
+    out = [_pack(header)]
+    for k in range(layout.num_chunks):
+        for group in GROUPS:
+            lo, hi = layout.chunk_rows(group, k)
+            fields = {name: a[lo:hi] for name, a in _group_arrays(clip, group).items()}
+            out.append(_pack({"v": SCHEMA_VERSION, "kind": group, "chunk": k, "fields": fields}))
+    out.extend(bytes(f) for f in clip["frames"])
+    return out, records_digest(out)
 
 
-def decode_record(data: bytes, where: str = "record", verify_hash: bool = False) -> dict:
-    """Record bytes -> clip dict (frames stay JPEG bytes; arrays are read-only views).
+def records_digest(recs) -> str:
+    """The content hash of a clip: sha256 over its records, each preceded by its length (8 bytes)."""
+    h = hashlib.sha256()
+    for r in recs:
+        h.update(len(r).to_bytes(8, "little"))
+        h.update(r)
+    return h.hexdigest()
 
-    Raises BadRecordError with ``where`` in the message on any corruption.
-    """
+
+def _unpack(data: bytes, where: str, kind: str) -> dict:
     try:
-        outer = msgpack.unpackb(data, raw=False)
-        if not isinstance(outer, dict) or "body" not in outer:
-            raise ValueError("not a clip record")
-        if outer.get("v") != SCHEMA_VERSION:
-            raise BadRecordError(f"{where}: schema version {outer.get('v')}, this code reads "
-                                 f"{SCHEMA_VERSION}; rewrite the dataset with this version")
-        if verify_hash and hashlib.sha256(outer["body"]).hexdigest() != outer["hash"]:
-            raise BadRecordError(f"{where}: content hash mismatch (the record is corrupted)")
-        clip = msgpack.unpackb(outer["body"], raw=False, object_hook=_object_hook)
-    except BadRecordError:
-        raise
+        obj = msgpack.unpackb(data, raw=False, object_hook=_object_hook)
     except Exception as e:  # msgpack/numpy errors on corrupted bytes
         raise BadRecordError(f"{where}: cannot decode ({type(e).__name__}: {e})") from None
-    clip["content_hash"] = outer["hash"]
-    validate_clip(clip, where)
-    return clip
+    if not isinstance(obj, dict) or obj.get("v") != SCHEMA_VERSION or obj.get("kind") != kind:
+        got = (obj.get("v"), obj.get("kind")) if isinstance(obj, dict) else type(obj).__name__
+        raise BadRecordError(f"{where}: expected a schema-{SCHEMA_VERSION} {kind} record, got {got}")
+    return obj
+
+
+def decode_header(data: bytes, where: str = "header record") -> dict:
+    """A clip's header record -> {clip_id, identity_id, source_id, fps, sample_rate, height, width,
+    num_frames, chunk_frames, aux}."""
+    h = _unpack(data, where, "header")
+    if h.get("chunk_frames") != CHUNK_FRAMES:
+        raise BadRecordError(f"{where}: chunks of {h.get('chunk_frames')} frames, this code reads {CHUNK_FRAMES}")
+    return h
+
+
+def decode_chunk(data: bytes, group: str, k: int, num_frames: int, where: str = "chunk record") -> dict:
+    """Chunk ``k`` of ``group`` -> {field: array of the chunk's rows}, each checked against the
+    shape the clip's length gives, float32 and finite (aux arrays: row count only)."""
+    obj = _unpack(data, where, group)
+    if obj.get("chunk") != k:
+        raise BadRecordError(f"{where}: holds chunk {obj.get('chunk')}, expected {k}")
+    lo, hi = ClipLayout(num_frames).chunk_rows(group, k)
+    fields = obj["fields"]
+    for name in GROUP_FIELDS[group]:
+        a = fields.get(name)
+        want = (hi - lo, *FIELD_TAIL[name])
+        if a is None or tuple(a.shape) != want:
+            raise BadRecordError(f"{where}: {name} has shape {None if a is None else tuple(a.shape)}, expected {want}")
+        if a.dtype != np.float32 or not np.all(np.isfinite(a)):
+            raise BadRecordError(f"{where}: {name} is not finite float32")
+    for name, a in fields.items():
+        if name.startswith("aux/") and len(a) != hi - lo:
+            raise BadRecordError(f"{where}: {name} has {len(a)} rows, expected {hi - lo}")
+    return fields
+
+
+class DictClip:
+    """A whole clip dict (``decode``d, or from TFDS) seen through the interface the samplers read:
+    ``num_frames``, ``clip_id``, ``num_rows(field)``, ``rows(field, idx)``, ``frame(i)`` (JPEG
+    bytes), ``frames(indices)``. Fields: the schema's time fields and ``aux/<key>``."""
+
+    def __init__(self, clip: dict):
+        self.clip = clip
+        self.clip_id = str(clip["clip_id"])
+        self.num_frames = len(clip["frames"])
+
+    def _array(self, field: str) -> np.ndarray:
+        if field.startswith("aux/"):
+            return np.asarray(self.clip["aux"][field[4:]])
+        return np.asarray(self.clip[field])
+
+    def num_rows(self, field: str) -> int:
+        return len(self._array(field))
+
+    def rows(self, field: str, idx) -> np.ndarray:
+        return self._array(field)[np.asarray(idx)]
+
+    def frame(self, i: int) -> bytes:
+        return self.clip["frames"][int(i)]
+
+    def frames(self, indices) -> list[bytes]:
+        return [self.frame(i) for i in indices]
 
 
 def decode_frames(clip: dict, indices) -> np.ndarray:
-    """Decodes frames ``indices`` of a clip -> float32 [n,H,W,3] in [-1, 1]."""
+    """Decodes frames ``indices`` of a clip dict -> float32 [n,H,W,3] in [-1, 1]."""
     out = np.stack([decode_jpeg(clip["frames"][int(i)]) for i in np.atleast_1d(indices)])
     return out.astype(np.float32) / 127.5 - 1.0

@@ -129,28 +129,59 @@ def test_missing_or_mismatched_manifest(tmp_path):
         records.load_manifest(tmp_path)
 
 
-def _repack(record: bytes, **changes) -> bytes:
-    """Re-encodes a record with some body fields replaced, bypassing validation (a planted bad record)."""
-    outer = msgpack.unpackb(record, raw=False)
-    body = msgpack.unpackb(outer["body"], raw=False)
-    body.update({k: schema._pack_array(v) if isinstance(v, np.ndarray) else v for k, v in changes.items()})
-    outer["body"] = msgpack.packb(body, use_bin_type=True)
-    return msgpack.packb(outer, use_bin_type=True)
+def _repack_chunk(record: bytes, **changes) -> bytes:
+    """Re-encodes a chunk record with some arrays replaced, bypassing validation (a planted bad record)."""
+    obj = msgpack.unpackb(record, raw=False)
+    obj["fields"].update({k: schema._pack_array(v) for k, v in changes.items()})
+    return msgpack.packb(obj, use_bin_type=True)
 
 
 def test_decode_rejects_inconsistent_or_corrupt_records():
-    clip = records.make_record_clip(FakeClips()(0))
-    data, digest = schema.encode_record(clip)
-    assert schema.decode_record(data, verify_hash=True)["content_hash"] == digest
-    short_audio = _repack(data, audio=np.zeros(100, np.float32))
-    with pytest.raises(schema.BadRecordError, match="audio has shape"):
-        schema.decode_record(short_audio, "record 7")
-    with pytest.raises(schema.BadRecordError, match="hash mismatch"):
-        schema.decode_record(short_audio, verify_hash=True)
+    clip = records.make_record_clip(FakeClips(frames=120)(0))
+    recs, digest = schema.encode_clip(clip)
+    layout = schema.ClipLayout(120)
+    assert len(recs) == layout.num_records == 1 + 3 * 4 + 120 and digest == schema.records_digest(recs)
+    assert recs[layout.frame_record(7)] == clip["frames"][7]  # a frame record is its JPEG bytes
+    head = schema.decode_header(recs[0])
+    assert (head["clip_id"], head["num_frames"], head["height"]) == ("fake-0000", 120, 16)
+    k = layout.chunk_record(2, "per_frame")  # the last chunk: frames 100..119
+    np.testing.assert_array_equal(schema.decode_chunk(recs[k], "per_frame", 2, 120)["descriptors"],
+                                  clip["descriptors"][100:])
+    short = _repack_chunk(recs[k], descriptors=np.zeros((3, 72), np.float32))
+    with pytest.raises(schema.BadRecordError, match=r"chunk 7: descriptors has shape \(3, 72\), expected \(20, 72\)"):
+        schema.decode_chunk(short, "per_frame", 2, 120, "chunk 7")
+    with pytest.raises(schema.BadRecordError, match="holds chunk 2, expected 1"):
+        schema.decode_chunk(recs[k], "per_frame", 1, 120)
+    with pytest.raises(schema.BadRecordError, match="expected a schema-2 mel_80hz record"):
+        schema.decode_chunk(recs[k], "mel_80hz", 2, 120)
     with pytest.raises(schema.BadRecordError, match="cannot decode"):
-        schema.decode_record(data[:-50])
+        schema.decode_chunk(recs[k][:-50], "per_frame", 2, 120)
+    with pytest.raises(schema.BadRecordError, match="not finite"):
+        schema.decode_chunk(_repack_chunk(recs[k], controls=np.full((20, 21), np.inf, np.float32)),
+                            "per_frame", 2, 120)
     with pytest.raises(schema.BadRecordError, match="holds NaN"):
-        schema.encode_record(dict(clip, descriptors=np.full_like(clip["descriptors"], np.nan)))
+        schema.encode_clip(dict(clip, descriptors=np.full_like(clip["descriptors"], np.nan)))
+
+
+def test_a_clip_reads_any_rows_from_its_chunks_as_from_whole_arrays(tmp_path):
+    """``RecordClip.rows`` over the 2 s chunks equals indexing the whole arrays (DictClip), for
+    every time field and aux, at chunk edges, the mels' extra last row, and any index shape."""
+    _write(tmp_path, n=3, per_shard=2, make=FakeClips(frames=149))  # 149..151 frames: 3 and 4 chunks
+    ds = records.ClipDataset(tmp_path)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        whole, view = schema.DictClip(ds[i]), ds.view(i)
+        assert view.num_frames == whole.num_frames == 149 + i
+        for field in (*schema.TIME_FIELDS, "aux/frame"):
+            n = whole.num_rows(field)
+            assert view.num_rows(field) == n
+            r = schema.ROWS_PER_CHUNK[schema.FIELD_GROUP.get(field, "per_frame")]
+            edges = np.array([0, r - 1, r, r + 1, 2 * r, n - 2, n - 1])
+            idx = np.concatenate([edges, rng.integers(0, n, 19)]).reshape(2, 13)
+            np.testing.assert_array_equal(view.rows(field, idx), whole.rows(field, idx), err_msg=field)
+        assert view.frames([0, whole.num_frames - 1]) == whole.frames([0, whole.num_frames - 1])
+        with pytest.raises(IndexError):
+            view.rows("descriptors", [whole.num_frames])
 
 
 def test_verify_reports_a_corrupted_shard(tmp_path):

@@ -208,7 +208,7 @@ class _ClipBuilder:
 
 
 def _clip_record(builder: _ClipBuilder, wav: np.ndarray, clip_id: str, identity: str, source: str,
-                 timer: StageTimer) -> tuple[bytes, dict]:
+                 timer: StageTimer) -> tuple[list[bytes], dict]:
     from data_pipelines import audio
 
     t = len(builder.jpegs)
@@ -222,8 +222,8 @@ def _clip_record(builder: _ClipBuilder, wav: np.ndarray, clip_id: str, identity:
                 "aux": {"crop_box": np.tile(np.asarray(builder.crop, np.int32), (t, 1)),
                         "landmarks": np.stack(builder.landmarks),
                         "source_frame": np.arange(builder.clip.start, builder.clip.start + t, dtype=np.int32)}}
-        data, digest = schema.encode_record(clip)
-    return data, {"clip_id": clip_id, "identity_id": identity, "num_frames": t, "hash": digest}
+        recs, digest = schema.encode_clip(clip)
+    return recs, records.index_entry(clip, recs, digest)
 
 
 def process_video(path: str, root: Path, faces: FaceModels, estimators, cfg: PreprocessConfig) -> dict:
@@ -259,6 +259,7 @@ def process_video(path: str, root: Path, faces: FaceModels, estimators, cfg: Pre
                             f"(boundaries: {drops})")
         identity = identity_of(path, cfg.identity_regex)
         writer = ArrayRecordWriter(str(tmp), f"group_size:1,{cfg.compression}")
+        position = 0  # the next record's index in this video's shard
         try:
             with AudioStream(info) as audio_stream:
                 frames = frames_25fps(info)
@@ -288,9 +289,9 @@ def process_video(path: str, root: Path, faces: FaceModels, estimators, cfg: Pre
                     if t < cfg.segment.min_seconds * schema.FPS:
                         marker["drops"]["too_short"] = marker["drops"].get("too_short", 0) + 1
                         continue
-                    data, entry = _clip_record(builder, wav, f"{key}-{n:03d}", identity, Path(path).name, timer)
+                    recs, entry = _clip_record(builder, wav, f"{key}-{n:03d}", identity, Path(path).name, timer)
                     with timer("write", 0):
-                        writer.write(data)
+                        position = records.append_clip(writer, recs, entry, position)
                     marker["records"].append(entry)
         finally:
             writer.close()

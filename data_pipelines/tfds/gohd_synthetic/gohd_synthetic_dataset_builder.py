@@ -94,7 +94,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         cfg = self._synth_config()
         for i in indices:
             clip = records.make_record_clip(generate_clip(cfg, i), self.builder_config.jpeg_quality)
-            _, digest = schema.encode_record(clip)
+            _, digest = schema.encode_clip(clip)
             h, w = schema.decode_jpeg(clip["frames"][0]).shape[:2]
             t = len(clip["frames"])
             aux = clip.get("aux", {})
