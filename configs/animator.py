@@ -13,6 +13,9 @@ Variants:
             chip), none on H100s (7.9 GiB of 79 per GPU, 20% fewer FLOPs than with blocks).
             From `gohd-aot` (BENCHMARKS.md "Fit on accelerators"); check a change with
             `gohd-aot --config=configs/animator.py:official_v5e16 --topology=v5e:4x4`.
+            data.num_workers from BENCHMARKS.md "Feeding a host": a host of 8 H100s consumes at
+            most ~1,440 samples/s (the step's bound), a core's pipeline gives ~500 at 256 px: 3
+            worker processes, plus one for headroom; a v5e host (4 chips) needs ~100/s: one.
 """
 
 import ml_collections
@@ -60,6 +63,7 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
         c.update(precision="bfloat16", batch_size=64,
                  remat="blocks" if variant == "official_v5e16" else "none")
         c.mesh.update(data=-1, fsdp=1)
+        c.data.num_workers = 4 if variant == "official_h100x8" else 1
         return c
     if variant == "official":
         c.task.model = ml_collections.ConfigDict({"preset": "official", "release_grid": False})

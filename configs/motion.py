@@ -27,6 +27,9 @@ from configs import common
 
 
 HARDWARE = {"h100x8": 32, "v5e16": 32}  # per-hardware variants: global batch
+# ... and Grain worker processes per host (BENCHMARKS.md "Feeding a host": at most ~1,500 windows/s
+# for a node of 8 H100s, ~250 per v5e host, against ~700 per core at schema 2).
+HARDWARE_WORKERS = {"h100x8": 3, "v5e16": 1}
 
 
 def get_config(variant: str = "pose_tiny") -> ml_collections.ConfigDict:
@@ -38,6 +41,7 @@ def get_config(variant: str = "pose_tiny") -> ml_collections.ConfigDict:
         c = common.rescale_batch(get_config(target), HARDWARE[size], lr_keys=("task.learning_rate",))
         c.precision = "bfloat16"
         c.mesh.update(data=-1, fsdp=1)
+        c.data.num_workers = HARDWARE_WORKERS[size]
         return c
     c = common.base()
     c.task_name = "motion_diffusion"

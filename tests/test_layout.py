@@ -106,3 +106,31 @@ def test_old_and_new_fields_of_a_clip_agree(tmp_path, golden_clips):
             np.testing.assert_array_equal(got[k], want[k], err_msg=k)
         assert got["frames"] == want["frames"] and set(got["aux"]) == set(want["aux"])
     shutil.rmtree(tmp_path / "v2")
+
+
+@pytest.mark.parametrize("condition", ["mel100", "release"])
+def test_heldout_motion_reads_chunks_as_the_whole_clip_gives(tmp_path, condition):
+    """The motion evaluation's held-out clips (read through the chunks) equal the conditions and
+    poses computed from whole clips with ``audio.frame_cond_*``."""
+    from data_pipelines import audio
+    from gohd_jax.eval import motion as M
+
+    fake = FakeClips(frames=160, identities=2)
+
+    def make(i):  # mels that differ row by row, so that a wrong row shows
+        clip = fake(i)
+        rng = np.random.default_rng(i)
+        return dict(clip, **{k: rng.random(clip[k].shape, np.float32) for k in ("mel_80hz", "mel_100hz")})
+
+    records.write_dataset(tmp_path, 6, make, clips_per_shard=6, progress=False)
+    held = M.heldout_motion(tmp_path, condition=condition, heldout_fraction=0.5)
+    ds = records.ClipDataset(tmp_path)
+    idx = pipelines.select_clips(ds.index, split="heldout", heldout_fraction=0.5, min_frames=M.WINDOW)
+    t = held["cond"].shape[1]
+    for k, i in enumerate(idx):
+        clip = ds[i]
+        n = len(clip["frames"])
+        cond = (audio.frame_cond_100hz(clip["mel_100hz"], n) if condition == "mel100"
+                else audio.frame_cond_release(clip["mel_80hz"], n))
+        np.testing.assert_array_equal(held["cond"][k], cond[:t])
+        np.testing.assert_array_equal(held["pose"][k], clip["descriptors"][:t, schema.POSE])

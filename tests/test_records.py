@@ -166,7 +166,14 @@ def test_decode_rejects_inconsistent_or_corrupt_records():
 def test_a_clip_reads_any_rows_from_its_chunks_as_from_whole_arrays(tmp_path):
     """``RecordClip.rows`` over the 2 s chunks equals indexing the whole arrays (DictClip), for
     every time field and aux, at chunk edges, the mels' extra last row, and any index shape."""
-    _write(tmp_path, n=3, per_shard=2, make=FakeClips(frames=149))  # 149..151 frames: 3 and 4 chunks
+    fake = FakeClips(frames=149)  # 149..151 frames: 3 and 4 chunks
+
+    def make(i):  # mels that differ row by row, so that a wrong row shows
+        clip = fake(i)
+        rng = np.random.default_rng(i)
+        return dict(clip, **{k: rng.random(clip[k].shape, np.float32) for k in ("mel_80hz", "mel_100hz")})
+
+    _write(tmp_path, n=3, per_shard=2, make=make)
     ds = records.ClipDataset(tmp_path)
     rng = np.random.default_rng(0)
     for i in range(3):

@@ -154,14 +154,15 @@ def heldout_motion(data_dir, *, heldout_fraction: float = 0.25, condition: str =
     idx = idx[:max_clips] if max_clips else idx
     t = min(clips.index[i]["num_frames"] for i in idx)
     out = {"cond": [], "pose": [], "gaze": []}
+    field, rows = (("mel_100hz", audio.frame_cond_100hz_rows) if condition == "mel100"
+                   else ("mel_80hz", audio.frame_cond_release_rows))
     for i in idx:
-        clip = clips[i]
-        n = len(clip["frames"])
-        cond = (audio.frame_cond_100hz(clip["mel_100hz"], n) if condition == "mel100"
-                else audio.frame_cond_release(clip["mel_80hz"], n))
-        out["cond"].append(np.asarray(cond[:t], np.float32))
-        out["pose"].append(np.asarray(clip["descriptors"][:t, schema.POSE], np.float32))
-        out["gaze"].append(np.asarray(clip["descriptors"][:t, schema.GAZE], np.float32))
+        clip = clips.view(i)  # reads the first t frames' mel and descriptor chunks, no JPEG
+        cond = clip.rows(field, rows(clip.num_rows(field), clip.num_frames, frames=slice(0, t)))
+        desc = clip.rows("descriptors", np.arange(t))
+        out["cond"].append(np.asarray(cond.reshape(t, audio.COND_DIM), np.float32))
+        out["pose"].append(np.asarray(desc[:, schema.POSE], np.float32))
+        out["gaze"].append(np.asarray(desc[:, schema.GAZE], np.float32))
     return {k: np.stack(v) for k, v in out.items()}
 
 

@@ -155,7 +155,8 @@ class Trainer:
 
     def data_iterator(self, split: str = "train", start: int = 0):
         return pipelines.make_iterator(self.process_dataset(split, start), self.host_batch,
-                                       num_workers=int(self.config.data.num_workers))
+                                       num_workers=int(self.config.data.num_workers),
+                                       read_threads=int(self.config.data.get("read_threads", 1)))
 
     def _global(self, batch) -> dict[str, jax.Array]:
         return host_to_global(batch, self.mesh)
