@@ -2,48 +2,67 @@
 
 from __future__ import annotations
 
-import numpy as np
+import logging
 
-from data_pipelines import schema
+from data_pipelines import records, schema
 
-_TEXT = ("clip_id", "identity_id", "source_id")
+log = logging.getLogger(__name__)
+
+
+def _text(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 class TfdsClips:
-    """Wraps ``tfds.data_source(name, split=...)`` so that ``pipelines.make_dataset``
-    reads it like a ``ClipDataset``: ``clips[i]`` is a clip dict in the schema's
-    form and ``clips.index`` lists ``clip_id``, ``identity_id``, ``num_frames``.
+    """Wraps ``tfds.data_source(name, split=...)`` of a schema-2 builder (one example per clip
+    record, ``gohd_synthetic``) so that ``pipelines.make_dataset`` reads it like a
+    ``ClipDataset``: ``clips.view(i)`` reads only the records a sample uses, ``clips[i]`` is the
+    whole clip dict, and ``clips.index`` lists ``clip_id``, ``identity_id``, ``num_frames``.
 
-    TFDS splits are already by identity, so build pipelines with ``split="all"``.
+    The index is built from the clips' header examples alone (one read per clip, jumping by
+    each header's record count). TFDS splits are already by identity, so build pipelines with
+    ``split="all"``.
     """
 
     def __init__(self, source, name: str = "tfds"):
         self.source = source
         self.root = name
-        self.index = []
-        for i in range(len(source)):
-            meta = self._meta(source[i])
-            self.index.append(meta)
-
-    @staticmethod
-    def _text(v) -> str:
-        return v.decode() if isinstance(v, bytes) else str(v)
-
-    def _meta(self, ex) -> dict:
-        return {"clip_id": self._text(ex["clip_id"]), "identity_id": self._text(ex["identity_id"]),
-                "num_frames": len(ex["frames"]), "hash": self._text(ex["content_hash"])}
+        self.index: list[dict] = []
+        self._first: list[int] = []
+        p, n = 0, len(source)
+        while p < n:
+            ex = source[p]
+            if int(ex["offset"]) != 0:
+                raise records.DatasetError(f"{name}: example {p} is not a clip's header (offset {ex['offset']}); "
+                                           f"build it with a schema-{schema.SCHEMA_VERSION} builder")
+            count = int(ex["record_count"])
+            if p + count > n:
+                log.warning("%s: the last clip (%s) has %d of its %d records: left out", name,
+                            _text(ex["clip_id"]), n - p, count)
+                break
+            self.index.append({"clip_id": _text(ex["clip_id"]), "identity_id": _text(ex["identity_id"]),
+                               "num_frames": int(ex["num_frames"]), "hash": _text(ex["content_hash"]),
+                               "first_record": 0, "record_count": count})
+            self._first.append(p)
+            p += count
 
     def __len__(self) -> int:
         return len(self.index)
 
+    def location(self, i: int) -> tuple[str, int]:
+        return self.root, self._first[i]
+
+    def read(self, i: int, offsets) -> list[bytes]:
+        """The bytes of clip ``i``'s records ``offsets`` (``records.ClipDataset.read``)."""
+        data = [bytes(self.source[self._first[i] + int(o)]["record"]) for o in offsets]
+        records._count_read(sum(len(d) for d in data))
+        return data
+
+    def view(self, i: int) -> records.RecordClip:
+        return records.RecordClip(self, int(i))
+
     def __getitem__(self, i: int) -> dict:
-        ex = dict(self.source[int(i)])
-        for k in (*_TEXT, "content_hash"):
-            ex[k] = self._text(ex[k])
-        ex["frames"] = [bytes(f) for f in ex["frames"]]
-        ex["aux"] = {k[len("aux_"):]: np.asarray(ex.pop(k)) for k in list(ex) if k.startswith("aux_")}
-        schema.validate_clip(ex, f"tfds record {i}")
-        return ex
+        return self.view(i).load()
 
     def __repr__(self) -> str:
         return f"TfdsClips({self.root!r}, clips={len(self)})"

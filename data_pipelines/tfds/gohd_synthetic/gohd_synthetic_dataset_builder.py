@@ -1,4 +1,4 @@
-"""TFDS builder: the synthetic talking-head dataset, in the clip-record schema.
+"""TFDS builder: the synthetic talking-head dataset, in the clip-record schema (schema 2).
 
 Build (ArrayRecord, no TensorFlow)::
 
@@ -12,10 +12,11 @@ Read with Grain::
     clips = TfdsClips(tfds.data_source("gohd_synthetic/tiny", split="train", data_dir=DIR))
     ds = pipelines.make_dataset("animator", clips, split="all")
 
+One TFDS example per record of ``data_pipelines.schema`` (a clip's header, its time chunks, its
+frames), in order, so that a sample reads only the records it uses, as from a dataset folder;
+the header example of a clip carries its ids, frame count, record count and content hash.
 Splits go by identity: ``heldout`` holds the identities chosen by
 ``pipelines.heldout_identities`` (a quarter of them), ``train`` the rest.
-Frames are JPEG bytes (``schema.decode_jpeg``); all arrays are Tensor features,
-because TFDS's Image/Audio/Video features need TensorFlow.
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ from data_pipelines import pipelines, records, schema
 from data_pipelines.synthetic.generator import SynthConfig, generate_clip
 
 HELDOUT_FRACTION = 0.25
-# Per-frame ground truth of the synthetic generator (see data_pipelines/synthetic/README.md).
-AUX_FEATURES = {"phoneme": np.int32, "stress": np.float32, "blink": np.float32, "speaking": np.float32}
 
 
 @dataclasses.dataclass
@@ -46,8 +45,9 @@ class SynthBuilderConfig(tfds.core.BuilderConfig):
 class Builder(tfds.core.GeneratorBasedBuilder):
     """Procedural talking heads with exactly known descriptors (see the module docstring)."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Clip-record schema v1."}
+    VERSION = tfds.core.Version("2.0.0")
+    RELEASE_NOTES = {"1.0.0": "Clip-record schema v1: one example per clip.",
+                     "2.0.0": "Clip-record schema v2: one example per record (header, time chunks, frames)."}
     BUILDER_CONFIGS = [
         SynthBuilderConfig(name="tiny", description="16 clips, 4 s, 64 px, 4 identities (tests, CPU)"),
         SynthBuilderConfig(name="small", clips=256, seconds=6.0, identities=32,
@@ -58,24 +58,19 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     DEFAULT_CONFIG_NAME = "tiny"
 
     def _info(self) -> tfds.core.DatasetInfo:
-        f32 = np.float32
         features = {
+            "record": tfds.features.Tensor(shape=(), dtype=np.object_),  # the record's bytes
+            "offset": tfds.features.Scalar(np.int32),  # its place in its clip (0: the header)
+            # on a clip's header example (offset 0) only; empty / 0 on the others:
             "clip_id": tfds.features.Text(), "identity_id": tfds.features.Text(),
-            "source_id": tfds.features.Text(), "content_hash": tfds.features.Text(),
-            "fps": tfds.features.Scalar(np.int32), "sample_rate": tfds.features.Scalar(np.int32),
-            "height": tfds.features.Scalar(np.int32), "width": tfds.features.Scalar(np.int32),
-            "frames": tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.object_)),
-            "audio": tfds.features.Tensor(shape=(None,), dtype=f32),
-            "descriptors": tfds.features.Tensor(shape=(None, schema.DESCRIPTOR_DIM), dtype=f32),
-            "controls": tfds.features.Tensor(shape=(None, schema.CONTROL_DIM), dtype=f32),
-            "mel_80hz": tfds.features.Tensor(shape=(None, schema.MEL_BINS), dtype=f32),
-            "mel_100hz": tfds.features.Tensor(shape=(None, schema.MEL_BINS), dtype=f32),
-            **{f"aux_{k}": tfds.features.Tensor(shape=(None,), dtype=t) for k, t in AUX_FEATURES.items()},
+            "content_hash": tfds.features.Text(), "num_frames": tfds.features.Scalar(np.int32),
+            "record_count": tfds.features.Scalar(np.int32),
         }
         return self.dataset_info_from_configs(
             features=tfds.features.FeaturesDict(features),
-            description="Synthetic talking heads (gohd_jax): JPEG frames, 16 kHz audio, 72-d descriptors, "
-                        "21-d controls and both mel streams per clip.",
+            disable_shuffling=True,  # a clip's records must stay together and in order
+            description="Synthetic talking heads (gohd_jax), one example per clip record (schema 2): "
+                        "JPEG frames, 16 kHz audio, 72-d descriptors, 21-d controls and both mel streams.",
             homepage="https://github.com/Jia1018/GoHD")
 
     def _synth_config(self) -> SynthConfig:
@@ -94,15 +89,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         cfg = self._synth_config()
         for i in indices:
             clip = records.make_record_clip(generate_clip(cfg, i), self.builder_config.jpeg_quality)
-            _, digest = schema.encode_clip(clip)
-            h, w = schema.decode_jpeg(clip["frames"][0]).shape[:2]
-            t = len(clip["frames"])
-            aux = clip.get("aux", {})
-            yield clip["clip_id"], {
-                "clip_id": clip["clip_id"], "identity_id": clip["identity_id"],
-                "source_id": clip.get("source_id", "synthetic"), "content_hash": digest,
-                "fps": schema.FPS, "sample_rate": schema.SAMPLE_RATE, "height": h, "width": w,
-                "frames": list(clip["frames"]),
-                **{k: clip[k] for k in ("audio", "descriptors", "controls", "mel_80hz", "mel_100hz")},
-                **{f"aux_{k}": np.asarray(aux.get(k, np.zeros(t)), t_) for k, t_ in AUX_FEATURES.items()},
-            }
+            recs, digest = schema.encode_clip(clip)
+            for offset, rec in enumerate(recs):  # keys sort in clip, then record order
+                head = offset == 0
+                yield f"{i:08d}-{offset:08d}", {
+                    "record": rec, "offset": offset,
+                    "clip_id": clip["clip_id"] if head else "", "identity_id": clip["identity_id"] if head else "",
+                    "content_hash": digest if head else "", "num_frames": len(clip["frames"]) if head else 0,
+                    "record_count": len(recs) if head else 0}
