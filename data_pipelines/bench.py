@@ -13,9 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipelines import pipelines
-from data_pipelines.records import ClipDataset
-
 # bench stage -> (pipeline stage, make_dataset keyword arguments). "sync" is the pixel expert
 # (sync_tiny: faces, 7 negatives), "sync_mouth" the coefficient-space expert (no faces).
 STAGES = {
@@ -34,6 +31,9 @@ def bench(data_dir, stage: str, *, workers: int = 0, batches: int = 30, batch_si
     Returns {"stage", "workers", "read_threads", "read_latency_ms", "batch_size", "samples",
     "seconds", "samples_per_s", "bytes_per_sample", "frame_size", "clip_seconds"}.
     """
+    from data_pipelines import pipelines  # grain: imported when measuring, not for `gohd-data --help`
+    from data_pipelines.records import ClipDataset
+
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
     if batches < 1 or batch_size < 1 or warmup < 0 or workers < 0 or read_threads < 1:
