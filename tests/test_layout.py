@@ -134,3 +134,19 @@ def test_heldout_motion_reads_chunks_as_the_whole_clip_gives(tmp_path, condition
                 else audio.frame_cond_release(clip["mel_80hz"], n))
         np.testing.assert_array_equal(held["cond"][k], cond[:t])
         np.testing.assert_array_equal(held["pose"][k], clip["descriptors"][:t, schema.POSE])
+
+
+def test_gohd_data_bench_counts_bytes_and_pays_the_injected_latency(tmp_path, capsys):
+    records.write_dataset(tmp_path, 4, FakeClips(frames=200, size=32), clips_per_shard=4, progress=False)
+    assert cli.main(["bench", str(tmp_path), "--stage", "motion", "--batches", "2", "--json"]) == 0
+    fast = json.loads(capsys.readouterr().out)
+    assert fast["stage"] == "motion" and fast["samples"] == 16 and fast["samples_per_s"] > 0
+    assert fast["bytes_per_sample"] == pytest.approx(_mean_bytes(tmp_path, "motion"), rel=0.3)
+    # 2 read requests per motion sample (its mel chunks, its descriptor chunks), 40 ms each; of
+    # the 3 timed batches, Grain's prefetch (16 samples) may have read 2 during the warm-up
+    assert cli.main(["bench", str(tmp_path), "--stage", "motion", "--batches", "3", "--json",
+                     "--read-latency-ms", "40"]) == 0
+    slow = json.loads(capsys.readouterr().out)
+    assert slow["seconds"] >= 8 * 2 * 0.04 * 0.9 and slow["read_latency_ms"] == 40
+    assert cli.main(["bench", str(tmp_path), "--stage", "motion", "--batches", "1"]) == 0
+    assert "| motion | 0 | 1 | 0 |" in capsys.readouterr().out
