@@ -402,3 +402,23 @@ def test_mouth_regressor_learns_on_synthetic_clips(tmp_path):
     ev = result.eval_metrics
     print("mouth regressor:", losses, ev)
     assert ev["eval/mse"] < 0.6 * ev["eval/mse_predict_mean"], ev
+
+
+def test_data_read_threads_and_workers_reach_the_grain_iterator(data_dir, tmp_path, monkeypatch):
+    """``data.read_threads`` (hiding a bucket's read latency, README) and ``data.num_workers`` are
+    what the trainer's iterator is built with."""
+    from data_pipelines import pipelines
+
+    seen = {}
+
+    def spy(ds, batch, **kw):
+        seen.update(kw)
+        return iter(())
+
+    monkeypatch.setattr(pipelines, "make_iterator", spy)
+    cfg = _config(data_dir, **{"data.read_threads": 16})
+    Trainer(MouthRegressorTask(cfg), cfg, tmp_path / "t").data_iterator()
+    assert seen == {"num_workers": int(cfg.data.num_workers), "read_threads": 16}
+    cfg = _config(data_dir)
+    Trainer(MouthRegressorTask(cfg), cfg, tmp_path / "u").data_iterator()
+    assert seen["read_threads"] == 1
