@@ -155,3 +155,22 @@ def test_iterator_state_restores_identical_batches(data_dir, tmp_path):
     for _ in range(3):
         next(it0)
     assert _same([next(it0) for _ in range(3)], expected)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 8, 37, 1000, 4097, 65536, 65537])
+def test_epoch_shuffle_is_grains_shuffle(n):
+    """The whole-epoch permutation equals Grain's per-index ``index_shuffle`` (the cipher, the
+    cycle walks, the 2^16 edge), and ``EpochShuffle`` repeats epochs as ``.shuffle().repeat()``."""
+    from grain._src.python.experimental.index_shuffle.python import index_shuffle_module as ish
+
+    from data_pipelines.shuffle import EpochShuffle, permutation
+
+    rng = np.random.default_rng(n)
+    for seed in (0, 7, int(rng.integers(0, 2**32))):
+        idx = np.arange(n) if n <= 5000 else rng.integers(0, n, 200)
+        want = [ish.index_shuffle(int(i), max_index=n - 1, seed=seed, rounds=4) if n > 1 else 0 for i in idx]
+        np.testing.assert_array_equal(permutation(seed, n)[idx], want)
+    if n <= 1000:
+        a = grain.MapDataset.source(list(range(n))).seed(5).shuffle().repeat(3)
+        b = EpochShuffle(grain.MapDataset.source(list(range(n))).seed(5)).repeat(3)
+        assert [a[i] for i in range(3 * n)] == [b[i] for i in range(3 * n)]
