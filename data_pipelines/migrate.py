@@ -11,37 +11,30 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 from pathlib import Path
 
 import msgpack
-import numpy as np
 
 from data_pipelines import records, schema
-
-log = logging.getLogger(__name__)
 
 V1 = 1
 
 
-def _object_hook(obj: dict):
-    if obj.get("__nd__"):
-        return np.frombuffer(obj["data"], dtype=np.dtype(obj["dtype"])).reshape(obj["shape"])
-    return obj
-
-
-def decode_v1(data: bytes, where: str) -> dict:
-    """A schema-1 record (msgpack ``{"v": 1, "hash", "body"}``) -> the clip dict, hash checked."""
+def decode_v1(data: bytes, where: str, want_hash: str) -> dict:
+    """A schema-1 record (msgpack ``{"v": 1, "hash", "body"}``) -> the clip dict; its body's
+    sha256 must be the record's hash and ``want_hash`` (the manifest's)."""
     try:
         outer = msgpack.unpackb(data, raw=False)
         if not isinstance(outer, dict) or outer.get("v") != V1 or "body" not in outer:
             raise ValueError("not a schema-1 clip record")
         if hashlib.sha256(outer["body"]).hexdigest() != outer["hash"]:
             raise ValueError("content hash mismatch (the record is corrupted)")
-        return msgpack.unpackb(outer["body"], raw=False, object_hook=_object_hook)
+        if outer["hash"] != want_hash:
+            raise ValueError("content hash differs from the manifest")
+        return msgpack.unpackb(outer["body"], raw=False, object_hook=schema._object_hook)
     except Exception as e:
-        raise schema.BadRecordError(f"{where}: {type(e).__name__}: {e}") from None
+        raise schema.BadRecordError(f"{where}: {e}") from None
 
 
 def read_v1_manifest(root: Path) -> dict:
@@ -82,11 +75,7 @@ class V1Clips:
         if self._source is None:
             self._source = ArrayRecordDataSource(self.files)
         file, k, want = self.where[i]
-        data = self._source[i]
-        clip = decode_v1(data, f"record {k} of {file}")
-        outer_hash = msgpack.unpackb(data, raw=False)["hash"]
-        if outer_hash != want:
-            raise schema.BadRecordError(f"record {k} of {file}: content hash differs from the manifest")
+        clip = decode_v1(self._source[i], f"record {k} of {file}", want)
         clip["frames"] = [bytes(f) for f in clip["frames"]]
         return clip
 

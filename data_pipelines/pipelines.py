@@ -96,7 +96,7 @@ def select_clips(index: Sequence[dict], *, split: str, heldout_fraction: float, 
 class _Sampler(grain.transforms.RandomMap):
     """Base: reads the clip, handles bad records, delegates to ``sample``."""
 
-    clips: ClipDataset  # or any source with the same __getitem__
+    clips: ClipDataset  # or any source with its view(i), or with __getitem__ giving clip dicts
     window: int
     bad_records: int = 0
     count_bytes: bool = False  # add ``bytes_read`` (int64): the sample's ArrayRecord bytes
@@ -172,7 +172,6 @@ class ExpressionSampler(_Sampler):
     """(Wav2Lip mel windows, expression, controls, first-frame expression)."""
 
     def sample(self, clip, rng):
-
         start = self._start(clip, rng)
         frames = np.arange(start, start + self.window)
         mels = _mel_windows(clip, frames)
@@ -192,7 +191,6 @@ class SyncSampler(_Sampler):
     faces: bool = True  # False: no JPEG decoding (the coefficient-space expert reads expression only)
 
     def sample(self, clip, rng):
-
         t, w = clip.num_frames, self.window
         if t < 3 * w:
             raise schema.BadRecordError(f"clip {clip.clip_id} has {t} frames, fewer than {3 * w}")
@@ -235,8 +233,8 @@ def make_dataset(stage: str, data_dir, *, seed: int = 0, window: int | None = No
                  sync_faces: bool = True, count_bytes: bool = False) -> grain.MapDataset:
     """The unbatched sample stream of ``stage`` (see the module docstring).
 
-    ``data_dir`` is a clip dataset folder, or any clip source with ``index`` and
-    ``__getitem__`` (a ``ClipDataset``, ``data_pipelines.tfds.TfdsClips``). The global stream
+    ``data_dir`` is a clip dataset folder, or any clip source with ``index`` and ``view(i)`` (a
+    ``ClipDataset``, ``data_pipelines.tfds.TfdsClips``) or ``__getitem__`` giving clip dicts. The global stream
     (the whole clip list, shuffled, repeated, sampled) is split over ``shard_count`` processes
     (default: the JAX process count) last, by position; ``num_epochs=None`` repeats forever.
     ``count_bytes`` adds ``bytes_read`` to every sample (``gohd-data bench``).

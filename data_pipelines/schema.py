@@ -229,11 +229,12 @@ def encode_clip(clip: dict) -> tuple[list[bytes], str]:
               "fps": FPS, "sample_rate": SAMPLE_RATE, "height": int(h), "width": int(w), "num_frames": t,
               "chunk_frames": CHUNK_FRAMES,
               "aux": {k: {"dtype": a.dtype.newbyteorder("<").str, "shape": list(a.shape[1:])} for k, a in aux.items()}}
+    arrays = {group: _group_arrays(clip, group) for group in GROUPS}
     out = [_pack(header)]
     for k in range(layout.num_chunks):
         for group in GROUPS:
             lo, hi = layout.chunk_rows(group, k)
-            fields = {name: a[lo:hi] for name, a in _group_arrays(clip, group).items()}
+            fields = {name: a[lo:hi] for name, a in arrays[group].items()}
             out.append(_pack({"v": SCHEMA_VERSION, "kind": group, "chunk": k, "fields": fields}))
     out.extend(bytes(f) for f in clip["frames"])
     return out, records_digest(out)

@@ -6,7 +6,7 @@ about 2^16 / n steps, so on small datasets it costs milliseconds per sample (2.9
 clips, BENCHMARKS.md "Data"). ``EpochShuffle`` gives exactly the indices Grain's shuffle gives
 (``tests/test_pipelines.py`` compares them), but computes an epoch's permutation at once: the
 cipher over its whole domain in numpy, then the cycle walks by pointer doubling, cached per
-epoch. Same seed, same order, so datasets, checkpointed iterators and golden batches are
+epoch (below 2^24 items; above, each index is drawn as Grain draws it, a few steps there). Same seed, same order, so datasets, checkpointed iterators and golden batches are
 unaffected.
 """
 
@@ -20,7 +20,7 @@ import numpy as np
 
 _MIN_BLOCK_BITS = 16  # Grain's kMinBlockSize
 _ROUNDS = 4  # what grain's ShuffleMapDataset uses
-_MAX_TABLE_BITS = 24  # larger domains: Grain's own per-index draw (a few cycle steps each)
+_MAX_TABLE_BITS = 24  # larger sets: Grain's own per-index draw (a few cycle steps each, no table)
 _M32 = 0xFFFFFFFF
 
 
@@ -78,13 +78,13 @@ def _encrypt_all(seed: int, bits: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=4)
 def permutation(seed: int, n: int) -> np.ndarray:
-    """``[index_shuffle(i, n - 1, seed, 4) for i in range(n)]``, int64 [n]."""
+    """``[index_shuffle(i, n - 1, seed, 4) for i in range(n)]``, int64 [n], for sets whose cipher
+    domain fits a table (below 2^24 items)."""
     if n <= 1:
         return np.zeros(n, np.int64)
     bits = _block_bits(n - 1)
     if bits > _MAX_TABLE_BITS:
-        from grain._src.python.experimental.index_shuffle.python import index_shuffle_module as ish
-        return np.array([ish.index_shuffle(i, max_index=n - 1, seed=seed, rounds=_ROUNDS) for i in range(n)])
+        raise ValueError(f"{n} items: past the table's 2^{_MAX_TABLE_BITS} domain, draw per index")
     enc = _encrypt_all(seed, bits)
     # first[x] = the first of enc(x), enc(enc(x)), ... below n; found by doubling jumps.
     found = enc < n
@@ -126,4 +126,10 @@ class EpochShuffle(grain.MapDataset):
             return self.slice(index)
         n = len(self._parent)
         epoch, i = divmod(int(index), n)
-        return self._parent[int(permutation((self._seed + epoch) % 2**32, n)[i]) + epoch * n]
+        seed = (self._seed + epoch) % 2**32
+        if n > 1 and _block_bits(n - 1) > _MAX_TABLE_BITS:  # huge sets: Grain's draw is cheap there
+            from grain._src.python.experimental.index_shuffle.python import index_shuffle_module as ish
+            j = ish.index_shuffle(i, max_index=n - 1, seed=seed, rounds=_ROUNDS)
+        else:
+            j = permutation(seed, n)[i]
+        return self._parent[int(j) + epoch * n]

@@ -174,3 +174,17 @@ def test_epoch_shuffle_is_grains_shuffle(n):
         a = grain.MapDataset.source(list(range(n))).seed(5).shuffle().repeat(3)
         b = EpochShuffle(grain.MapDataset.source(list(range(n))).seed(5)).repeat(3)
         assert [a[i] for i in range(3 * n)] == [b[i] for i in range(3 * n)]
+
+
+def test_epoch_shuffle_draws_per_index_past_its_table():
+    """Past 2^24 items no table is built (it would be the whole set each epoch): each index is
+    drawn as Grain draws it, the same order."""
+    from data_pipelines.shuffle import EpochShuffle, permutation
+
+    n = 2**25
+    with pytest.raises(ValueError, match="draw per index"):
+        permutation(0, n)
+    a = grain.MapDataset.source(range(n)).seed(1).shuffle().repeat(2)
+    b = EpochShuffle(grain.MapDataset.source(range(n)).seed(1)).repeat(2)
+    for i in (0, 5, n - 1, n + 3):
+        assert a[i] == b[i]
