@@ -6,8 +6,8 @@ about 2^16 / n steps, so on small datasets it costs milliseconds per sample (2.9
 clips, BENCHMARKS.md "Data"). ``EpochShuffle`` gives exactly the indices Grain's shuffle gives
 (``tests/test_pipelines.py`` compares them), but computes an epoch's permutation at once: the
 cipher over its whole domain in numpy, then the cycle walks by pointer doubling, cached per
-epoch (below 2^24 items; above, each index is drawn as Grain draws it, a few steps there). Same seed, same order, so datasets, checkpointed iterators and golden batches are
-unaffected.
+epoch (below 2^24 items; above, each index is drawn as Grain draws it, a few steps there).
+Same seed, same order, so datasets, checkpointed iterators and golden batches are unaffected.
 """
 
 from __future__ import annotations
