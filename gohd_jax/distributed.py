@@ -109,9 +109,11 @@ def plan(mode: str = "auto", *, coordinator: str | None = None, num_processes: i
         return Plan(True, "ompi", f"Open MPI: {env['OMPI_COMM_WORLD_SIZE']} ranks", {},
                     _int(env, "OMPI_COMM_WORLD_RANK"), _int(env, "OMPI_COMM_WORLD_SIZE"), visible_gpus=visible)
     if env.get("JAX_COORDINATOR_ADDRESS"):
-        return Plan(True, "jax-env", f"JAX_COORDINATOR_ADDRESS={env['JAX_COORDINATOR_ADDRESS']}", {},
-                    _int(env, "JAX_PROCESS_ID") if "JAX_PROCESS_ID" in env else None,
-                    _int(env, "JAX_NUM_PROCESSES") or None, visible_gpus=visible)
+        pid = _int(env, "JAX_PROCESS_ID") if "JAX_PROCESS_ID" in env else None
+        nproc = _int(env, "JAX_NUM_PROCESSES") or None
+        # JAX reads the address from the environment itself, but not the count and rank
+        return Plan(True, "jax-env", f"JAX_COORDINATOR_ADDRESS={env['JAX_COORDINATOR_ADDRESS']}",
+                    {"num_processes": nproc, "process_id": pid}, pid, nproc, visible_gpus=visible)
     hosts = env.get("TPU_PROCESS_ADDRESSES") or env.get("TPU_WORKER_HOSTNAMES") or ""
     if len([h for h in hosts.split(",") if h.strip()]) > 1:
         n = len([h for h in hosts.split(",") if h.strip()])

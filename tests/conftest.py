@@ -33,6 +33,15 @@ def shared():
     return require_shared()
 
 
+@pytest.fixture(scope="session")
+def tiny_bundle_dir(tmp_path_factory):
+    """A saved bundle of the tiny random-init models (64 px), built once per test process; tests
+    only read it."""
+    from gohd_jax.infer.bundle import random_bundle, save_bundle
+
+    return save_bundle(random_bundle("tiny", window=32), tmp_path_factory.mktemp("tiny_bundle"))
+
+
 def pytest_configure(config):
     # 8 fake CPU devices for the mesh tests; must happen before JAX starts a backend.
     import jax

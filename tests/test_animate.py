@@ -19,7 +19,7 @@ from PIL import Image
 
 from gohd_jax.infer import cli
 from gohd_jax.infer.animate import Animate, ClipJob, Controls, Sampling, num_frames
-from gohd_jax.infer.bundle import Bundle, BundleError, load_bundle, random_bundle, save_bundle
+from gohd_jax.infer.bundle import Bundle, BundleError, load_bundle, random_bundle
 from tests.conftest import require_shared
 
 SR = 16000
@@ -37,8 +37,8 @@ def _tiny_bundle() -> Bundle:
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory):
-    return save_bundle(_tiny_bundle(), tmp_path_factory.mktemp("bundle"))
+def bundle_dir(tiny_bundle_dir):
+    return tiny_bundle_dir
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +205,8 @@ def test_host_memory_stays_flat_from_10_to_60_seconds_of_audio(monkeypatch):
 
 def test_frames_stream_out_as_they_are_rendered(engine, monkeypatch):
     """A 30 s clip's frames reach the writer batch by batch as they are rendered, not at the end:
-    the writer (which keeps no frames) is called between render calls."""
+    the writer (which keeps no frames) is called between render calls, at most one call behind
+    (the next call is dispatched before this one's frames are fetched)."""
     events = []
 
     class Writer:
@@ -227,7 +228,7 @@ def test_frames_stream_out_as_they_are_rendered(engine, monkeypatch):
     assert w.n == 30 * 25
     renders = [i for i, e in enumerate(events) if e == "r"]
     assert len(renders) >= w.n // engine.render_batch
-    assert events.index("w") < renders[1]  # the first batch's frames are out before the second render
+    assert renders[1] < events.index("w") < renders[2]  # the first batch's frames: out after call 2 is queued
     assert "w" in events[renders[-1]:]  # and the last batch's right after the last render
 
 
@@ -499,16 +500,16 @@ def test_manifest_uses_every_column_and_compiles_once(tmp_path, bundle_dir, caps
     monitoring.register_event_duration_secs_listener(
         lambda event, _s, **kw: compiles.append(event) if event == "/jax/core/compile/backend_compile_duration"
         else None)
-    real_batch = cli._animate_batch
+    real_batch = cli._BatchRenderer.__call__
 
-    def counting_batch(engine, jobs, outs):
+    def counting_batch(self, group):
         n = len(compiles)
         try:
-            return real_batch(engine, jobs, outs)
+            return real_batch(self, group)
         finally:
-            per_batch.append((len(outs), len(compiles) - n))
+            per_batch.append((len(group), len(compiles) - n))
 
-    monkeypatch.setattr(cli, "_animate_batch", counting_batch)
+    monkeypatch.setattr(cli._BatchRenderer, "__call__", counting_batch)
     code = cli.main(["animate", "--manifest", str(tmp_path / "jobs.csv"), "--checkpoint", str(bundle_dir),
                      "--batch-clips", "2", "--sampler", "ddim", "--steps", "2"])
     out = capsys.readouterr().out

@@ -314,7 +314,9 @@ class Animate:
     def render_frames(self, jobs: Sequence[ClipJob], drives: Sequence[dict], writers, times: StageTimes,
                       t_start: float) -> None:
         """Renders every frame of every clip, ``render_batch`` at a time, and hands each clip's
-        frames to ``writers[i].write`` in order."""
+        frames to ``writers[i].write`` in order. Double-buffered: call k+1 is dispatched (its
+        descriptor windows already on the device) before the frames of call k are fetched and
+        encoded, so the host's fetch and encoding overlap the device's next call."""
         t0 = time.perf_counter()
         w_s, feats = self.encode(np.stack([j.source for j in jobs]))
         jax.block_until_ready(w_s)
@@ -322,15 +324,20 @@ class Animate:
         lengths = [len(d["descriptors"]) for d in drives]
         order = [(i, f) for f in range(max(lengths)) for i in range(len(jobs)) if f < lengths[i]]
         r = self.render_batch
-        for b0 in range(0, len(order), r):
+
+        def dispatch(b0: int):
             chunk = order[b0:b0 + r]
-            pad = r - len(chunk)
-            rows = chunk + [chunk[-1]] * pad
+            rows = chunk + [chunk[-1]] * (r - len(chunk))
             clip_idx = np.array([i for i, _ in rows])
             sem = np.stack([semantic_windows(drives[i]["descriptors"], [f])[0] for i, f in rows])
+            return chunk, self._render(*self.render_args(w_s[clip_idx], tuple(x[clip_idx] for x in feats),
+                                                         jax.device_put(sem, self._rows)))
+
+        pending = dispatch(0) if order else None
+        for b0 in range(r, len(order) + r, r):
             t0 = time.perf_counter()
-            frames = self._render(*self.render_args(w_s[clip_idx], tuple(x[clip_idx] for x in feats),
-                                                    jax.device_put(sem, self._rows)))
+            chunk, frames = pending
+            pending = dispatch(b0) if b0 < len(order) else None
             frames = np.asarray(frames)[:len(chunk)]
             times.add("rendering", time.perf_counter() - t0)
             t0 = time.perf_counter()
@@ -340,13 +347,16 @@ class Animate:
             if times.first_frame_s is None:
                 times.first_frame_s = time.perf_counter() - t_start
 
-    def run(self, jobs: Sequence[ClipJob], writers) -> tuple[list[dict], StageTimes]:
-        """features -> motion -> rendering for a batch of clips; returns (drives, stage times)."""
+    def run(self, jobs: Sequence[ClipJob], writers, feats: Sequence[dict] | None = None
+            ) -> tuple[list[dict], StageTimes]:
+        """features -> motion -> rendering for a batch of clips; returns (drives, stage times).
+        ``feats``: each job's ``features(job)`` when the host computed them ahead (batch mode)."""
         times = StageTimes()
         start = time.perf_counter()
-        t0 = time.perf_counter()
-        feats = [self.features(j) for j in jobs]
-        times.add("features", time.perf_counter() - t0)
+        if feats is None:
+            t0 = time.perf_counter()
+            feats = [self.features(j) for j in jobs]
+            times.add("features", time.perf_counter() - t0)
         drives = self.drive(jobs, feats, times)
         self.render_frames(jobs, drives, writers, times, start)
         return drives, times

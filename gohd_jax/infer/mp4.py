@@ -3,11 +3,14 @@
 ``Mp4Writer(path, size, audio=wav16k)``: ``write(frames [n,H,W,3] uint8)`` encodes the frames and
 the n x 640 audio samples they cover, so video and audio interleave and nothing accumulates;
 ``close()`` flushes both encoders. The output has exactly as many video frames as were written,
-at 25 fps, and the audio trimmed or zero-padded to the same length.
+at 25 fps, and the audio trimmed or zero-padded to the same length. The file is written as
+``PATH.partial`` and renamed to ``PATH`` by ``close()``, so a ``PATH`` that exists is complete (a
+crash or kill leaves only the ``.partial``); ``abort()`` deletes the partial file.
 """
 
 from __future__ import annotations
 
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -25,7 +28,8 @@ class Mp4Writer:
         import av
 
         self.path = Path(path)
-        self._out = av.open(str(self.path), "w")
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self._out = av.open(str(self.partial), "w", format="mp4")
         self._v = self._out.add_stream("libx264", rate=FPS)
         self._v.width = self._v.height = int(size)
         self._v.pix_fmt = "yuv420p"
@@ -90,6 +94,7 @@ class Mp4Writer:
         finally:
             self._out.close()
             self._out = None
+        os.replace(self.partial, self.path)
 
     def abort(self) -> None:
         """Closes and deletes a partial output (after an error)."""
@@ -99,7 +104,7 @@ class Mp4Writer:
         except Exception:
             pass
         self._out = None
-        self.path.unlink(missing_ok=True)
+        self.partial.unlink(missing_ok=True)
 
     def __enter__(self):
         return self
