@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     a.add_argument("action", nargs="?", choices=("merge-results",),
                    help="merge-results: join the results files of a sharded --manifest run (every "
-                        "jobs.results*.jsonl next to it, or --results FILE...) and list the rows missing, "
+                        "jobs.results*.jsonl next to it, or --results FILE) and list the rows missing, "
                         "failed or rendered twice")
     a.add_argument("--checkpoint",
                    help="(required to render) a folder of training runs (animator/ pose/ gaze/ stage2/, as "
@@ -576,6 +576,10 @@ def cmd_animate_manifest(args) -> int:
     print(f"{stats['ok']} of {total} clips written ({render.frames} frames, {render.frames / 25:.1f} s of video, "
           f"in {wall:.1f} s; the device waited for the host {100 * stats['device_wait_fraction']:.0f}% of it)"
           + (f"; {stats['exists']} already complete" if stats["exists"] else ""))
+    fmt = lambda d: ", ".join(f"{k} {v:.1f}" for k, v in d.items()) or "-"  # noqa: E731
+    print(f"seconds by stage: host ({args.host_workers} workers, summed) {fmt(stats['host_s'])}; device loop "
+          f"{fmt(stats['device_s'])}; waiting for the host {stats['host_wait_s']:.1f}; first clip after "
+          f"{stats['first_output_s'] or 0:.1f} s; peak RSS {stats['peak_rss_mb']:.0f} MB; results: {results.path}")
     if stats["failed"]:
         print(f"{stats['failed']} failed (every reason in {results.path}):")
         for x in results.first_failures:
