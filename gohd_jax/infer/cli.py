@@ -425,6 +425,7 @@ class _BatchRenderer:
     def __init__(self, engine, batch: int, results, *, start: float):
         self.engine, self.batch, self.results, self.start = engine, batch, results, start
         self.frames = 0
+        self.run_s = 0.0  # seconds inside the engine (a batch's writers opened, rendered, encoded)
         self.stage_s: dict[str, float] = {}
         self.first_output_s: float | None = None  # seconds from ``start`` to the first complete clip
 
@@ -457,6 +458,7 @@ class _BatchRenderer:
                 w.abort()
             raise
         dt = time.perf_counter() - t0
+        self.run_s += dt
         for stage, sec in times.seconds.items():
             self.stage_s[stage] = self.stage_s.get(stage, 0.0) + sec
         for p, w, d in zip(group, writers, drives):
@@ -556,7 +558,6 @@ def cmd_animate_manifest(args) -> int:
         results.close()
     wall = time.perf_counter() - t_ready
     counts = results.counts
-    busy = sum(render.stage_s.get(k, 0.0) for k in ("expression", "motion", "rendering"))
     stats = {
         "rows": total, "ok": counts.get("ok", 0), "exists": counts.get("exists", 0),
         "failed": counts.get("failed", 0), "frames": render.frames, "wall_s": round(wall, 3),
@@ -565,7 +566,8 @@ def cmd_animate_manifest(args) -> int:
         "device_s": {k: round(v, 3) for k, v in render.stage_s.items()},
         "host_s": {k: round(v, 3) for k, v in host_s.items()},
         "host_wait_s": round(pipeline.stats["host_wait_s"], 3),
-        "device_wait_fraction": round(max(0.0, 1.0 - busy / wall), 4) if wall > 0 else 0.0,
+        # the device loop outside the engine: waiting for prepared rows, closing files, results
+        "device_wait_fraction": round(max(0.0, 1.0 - render.run_s / wall), 4) if wall > 0 else 0.0,
         "first_output_s": render.first_output_s, "last_row_read_s": pipeline.stats["last_row_read_s"],
         "peak_rss_mb": round(M.peak_rss_mb(), 1), "batch_clips": b, "bucket_window": window,
         "host_workers": args.host_workers, "num_shards": num_shards, "shard_index": shard,
