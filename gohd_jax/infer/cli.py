@@ -553,6 +553,11 @@ def cmd_animate_manifest(args) -> int:
             dt = time.perf_counter() - t_ready
             bar.set_postfix(clips_per_s=f"{results.counts.get('ok', 0) / dt:.2f}",
                             frames_per_s=f"{render.frames / dt:.1f}")
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"interrupted after {results.counts.get('ok', 0)} clips (results so far: {results.path}); run the "
+              "same command again to resume: rows whose output is complete are skipped", file=sys.stderr)
+        return 130
     finally:
         bar.close()
         results.close()
