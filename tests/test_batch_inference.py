@@ -352,3 +352,16 @@ def test_two_processes_of_a_distributed_run_take_one_shard_each(tmp_path, bundle
     assert all(per_shard) and not (per_shard[0] & per_shard[1]) and per_shard[0] | per_shard[1] == set(range(1, 13))
     code, out = _run(capsys, "merge-results", "--manifest", man)
     assert code == 0 and "12 done, 0 failed, 0 missing, 0 rendered more than once" in out, out
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path, bundle_dir, capsys, monkeypatch):
+    _inputs(tmp_path)
+    man = _manifest(tmp_path, 3)
+
+    def interrupted(self, group):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli._BatchRenderer, "__call__", interrupted)
+    code = cli.main(["animate", "--manifest", str(man), "--checkpoint", str(bundle_dir), *FAST])
+    err = capsys.readouterr().err
+    assert code == 130 and "run the same command again to resume" in err and "Traceback" not in err
