@@ -307,20 +307,12 @@ class _NullWriter:
         pass
 
 
-def _animate_batch(engine, jobs, outs):
-    """Renders ``jobs`` into ``outs`` (mp4 paths); jobs past ``len(outs)`` are padding. A failed
-    batch deletes its partial files and re-raises."""
+def _animate_one(engine, job, out):
+    """Renders one clip into ``out`` (an mp4 path); a failure deletes the partial file and re-raises."""
     from gohd_jax.infer.mp4 import Mp4Writer
 
-    writers = [Mp4Writer(o, engine.size, audio=j.wav) for j, o in zip(jobs, outs)]
-    try:
-        drives, times = engine.run(jobs, writers + [_NullWriter()] * (len(jobs) - len(outs)))
-    except BaseException:
-        for w in writers:
-            w.abort()
-        raise
-    for w in writers:
-        w.close()
+    with Mp4Writer(out, engine.size, audio=job.wav) as writer:
+        drives, times = engine.run([job], [writer])
     return drives, times
 
 
@@ -351,7 +343,7 @@ def cmd_animate(args) -> int:
     engine = Animate(ctx.bundle, sampling=Sampling(args.sampler, args.steps), render_batch=args.render_batch,
                      precision=args.precision)
     setup = time.perf_counter() - t0  # the engine (its one QR of the motion directions)
-    drives, times = _animate_batch(engine, [job], [out])
+    drives, times = _animate_one(engine, job, out)
     dt = time.perf_counter() - t0
     n = len(drives[0]["descriptors"])
     first = setup + times.first_frame_s

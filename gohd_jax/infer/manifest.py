@@ -175,9 +175,8 @@ class HostPipeline:
     that order. At most about two windows are held: the one being prepared and the batches
     waiting in the queue.
 
-    ``stats``: ``host_wait_s`` (time the consumer waited for the next item), ``first_item_s`` and
-    ``last_row_read_s`` (seconds from ``start``, default now, to the first item and to the reader
-    reaching the manifest's end), ``rows_read``.
+    ``stats``: ``host_wait_s`` (time the consumer waited for the next item), ``last_row_read_s``
+    (seconds from ``start``, default now, to the reader reaching the manifest's end), ``rows_read``.
     """
 
     def __init__(self, rows: Iterable[Row], prepare: Callable[[Row], Any], *, batch: int, window: int,
@@ -191,7 +190,7 @@ class HostPipeline:
         self.workers = int(workers)
         self._queue: queue.Queue = queue.Queue(maxsize=-(-self.window // self.batch) + 1)
         self._stop = threading.Event()
-        self.stats = {"host_wait_s": 0.0, "first_item_s": None, "last_row_read_s": None, "rows_read": 0}
+        self.stats = {"host_wait_s": 0.0, "last_row_read_s": None, "rows_read": 0}
         self._start = time.perf_counter() if start is None else start
         self._thread = threading.Thread(target=self._produce, name="gohd-host-pipeline", daemon=True)
         self._thread.start()
@@ -268,8 +267,6 @@ class HostPipeline:
                     return
                 if isinstance(item, BaseException):
                     raise item
-                if self.stats["first_item_s"] is None:
-                    self.stats["first_item_s"] = time.perf_counter() - self._start
                 yield item
         finally:
             self.close()
