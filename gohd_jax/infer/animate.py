@@ -50,11 +50,26 @@ from gohd_jax.nn import policy as policy_lib
 log = logging.getLogger(__name__)
 
 __all__ = ["Controls", "Sampling", "ClipJob", "Animate", "GAZE_PRESETS", "semantic_windows", "num_frames",
-           "StageTimes", "quantise"]
+           "StageTimes", "quantise", "clip_features"]
 
 # The release's freeze_gaze values [first, second] in radians.
 GAZE_PRESETS = {"forward": (0.0, 0.0), "left": (0.2, 0.0), "right": (-0.7, 0.0)}
 RADIUS = 13  # the animator reads a 27-frame window centred on the frame
+
+
+def clip_features(wav: np.ndarray, condition: str) -> dict:
+    """16 kHz speech -> {"frames": T = ceil(25 x seconds), "mel80": the Wav2Lip mel [4T+1, 80] of the
+    audio zero-padded to T x 640 samples, "cond": the motion condition [T, 320]} (float32; numpy
+    only, so it runs in any host worker). ``condition``: "mel100" or the release's features."""
+    from data_pipelines import audio
+
+    t = num_frames(len(wav))
+    padded = np.zeros(t * 640, np.float32)
+    padded[:min(len(wav), t * 640)] = wav[:t * 640]
+    mel80 = audio.wav2lip_mel(padded)
+    cond = (audio.frame_cond_100hz(audio.mel_100hz(padded), t) if condition == "mel100"
+            else audio.frame_cond_release(mel80, t))
+    return {"frames": t, "mel80": np.asarray(mel80, np.float32), "cond": np.asarray(cond, np.float32)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,16 +231,8 @@ class Animate:
     # ----------------------------------------------------------------------------- features
 
     def features(self, job: ClipJob) -> dict:
-        from data_pipelines import audio
-
-        t = num_frames(len(job.wav))
-        wav = np.zeros(t * 640, np.float32)
-        wav[:min(len(job.wav), t * 640)] = job.wav[:t * 640]
-        mel80 = audio.wav2lip_mel(wav)
-        cond_kind = self.bundle.pose_spec.condition
-        cond = (audio.frame_cond_100hz(audio.mel_100hz(wav), t) if cond_kind == "mel100"
-                else audio.frame_cond_release(mel80, t))
-        return {"frames": t, "mel80": np.asarray(mel80, np.float32), "cond": np.asarray(cond, np.float32)}
+        """The clip's audio features (``clip_features`` for this bundle's motion condition)."""
+        return clip_features(job.wav, self.bundle.pose_spec.condition)
 
     # ----------------------------------------------------------------------------- motion
 
