@@ -48,14 +48,16 @@ class VideoInfo:
     duration_s: float       # container duration (or the stream's), 0 when unknown
     variable_frame_rate: bool
     start_time_s: float     # first video frame's presentation time
+    has_audio: bool = True
 
 
 def _err(e: Exception) -> str:
     return " ".join(str(e).split())[:200]
 
 
-def open_video(path: str | Path) -> VideoInfo:
-    """Probes ``path`` (decoding its first video frame); raises SkipVideo for unusable files."""
+def open_video(path: str | Path, *, require_audio: bool = True) -> VideoInfo:
+    """Probes ``path`` (decoding its first video frame); raises SkipVideo for unusable files (and
+    for a file without an audio track unless ``require_audio`` is False)."""
     import av
 
     path = str(path)
@@ -68,7 +70,8 @@ def open_video(path: str | Path) -> VideoInfo:
     with container:
         if not container.streams.video:
             raise SkipVideo("no_video_stream")
-        if not container.streams.audio:
+        has_audio = bool(container.streams.audio)
+        if require_audio and not has_audio:
             raise SkipVideo("no_audio", "the file has no audio track")
         stream = container.streams.video[0]
         try:
@@ -91,7 +94,7 @@ def open_video(path: str | Path) -> VideoInfo:
         vfr = bool(stream.base_rate and stream.average_rate
                    and abs(float(stream.base_rate) - float(stream.average_rate)) > 0.01 * float(stream.average_rate))
         start = float(first.time) if first.time is not None else 0.0
-    return VideoInfo(path, int(w), int(h), rot, float(rate), dur, vfr, start)
+    return VideoInfo(path, int(w), int(h), rot, float(rate), dur, vfr, start, has_audio)
 
 
 def _rotate(img: np.ndarray, rotation: int) -> np.ndarray:

@@ -116,6 +116,14 @@ class Estimators:
         g = l2cs_from_state_dict(load_state_dict_file(l2cs))
         return cls(d, g, load_lm3d(lm3d), batch_size)
 
+    def with_batch_size(self, batch_size: int) -> "Estimators":
+        """The same estimators (weights and jitted function shared) run ``batch_size`` at a time."""
+        import copy
+
+        other = copy.copy(self)
+        other.batch_size = int(np.ceil(batch_size / len(jax.local_devices())) * len(jax.local_devices()))
+        return other
+
     def __call__(self, face224: np.ndarray, face448: np.ndarray) -> tuple[np.ndarray, ...]:
         n = len(face224)
         outs = []

@@ -31,7 +31,6 @@ so a rerun skips finished videos and a crash loses at most the video in progress
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -46,11 +45,10 @@ from pathlib import Path
 import numpy as np
 
 from data_pipelines import records, schema
-from data_pipelines.controls import controls_from_landmarks
-from data_pipelines.video import align
 from data_pipelines.video.decode import AudioStream, SkipVideo, VIDEO_EXTENSIONS, frames_25fps, open_video
-from data_pipelines.video.faces import FaceModels, crop_and_resize, official_crop_box, shrink, to_crop
-from data_pipelines.video.segment import Clip, SegmentConfig, cut_score, segment, thumbnail
+from data_pipelines.video.describe import FrameDescriber, StageTimer, detect_faces
+from data_pipelines.video.faces import FaceModels, crop_and_resize, official_crop_box, to_crop
+from data_pipelines.video.segment import Clip, SegmentConfig, segment
 
 log = logging.getLogger(__name__)
 
@@ -74,33 +72,6 @@ class PreprocessConfig:
     def plan(self) -> dict:
         return {"kind": "video", "segment": dataclasses.asdict(self.segment),
                 "detect_size": self.detect_size, "identity_regex": self.identity_regex}
-
-
-class StageTimer:
-    """Seconds and frames per stage (``with timer("detect", frames=1): ...``)."""
-
-    def __init__(self):
-        self.seconds: Counter = Counter()
-        self.frames: Counter = Counter()
-
-    @contextlib.contextmanager
-    def __call__(self, stage: str, frames: int = 0):
-        t = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[stage] += time.perf_counter() - t
-            self.frames[stage] += frames
-
-    def merge(self, other: dict) -> None:
-        for k, v in other.get("seconds", {}).items():
-            self.seconds[k] += v
-        for k, v in other.get("frames", {}).items():
-            self.frames[k] += v
-
-    def as_dict(self) -> dict:
-        return {"seconds": {k: round(float(v), 4) for k, v in self.seconds.items()},
-                "frames": dict(self.frames)}
 
 
 def video_key(path: str | Path) -> str:
@@ -136,75 +107,32 @@ def list_videos(sources: Iterable[str]) -> list[str]:
     return sorted(dict.fromkeys(out))
 
 
-def _detect_all(info, faces: FaceModels, cfg: PreprocessConfig, timer: StageTimer):
-    """Pass 1: per-frame detector box and 68 landmarks (frame pixels, float32; None without a face)
-    and shot-cut score (about 1.3 KB per frame in all)."""
-    boxes, lms, scores, prev = [], [], [], None
-    it = frames_25fps(info)
-    while True:
-        with timer("decode", 1):
-            item = next(it, None)
-        if item is None:
-            break
-        _, img = item
-        with timer("detect", 1):
-            small, scale = shrink(img, cfg.detect_size)
-            box = faces.detect(small)
-            box = None if box is None else tuple(v / scale for v in box)
-            thumb = thumbnail(small)
-            scores.append(cut_score(prev, thumb))
-            prev = thumb
-        boxes.append(box)
-        with timer("landmarks", 1):
-            lms.append(None if box is None else faces.landmarks(img, box).astype(np.float32))
-    return boxes, lms, np.asarray(scores, np.float32)
-
-
 def _crop_of(clip: Clip, info) -> tuple[int, int, int, int]:
     """The clip's fixed crop: GoHD's official crop of the median detector box."""
     return official_crop_box(np.median(clip.detections, axis=0), info.height, info.width)
 
 
 class _ClipBuilder:
-    """Accumulates one clip's frames; flushes the estimators every ``batch`` frames."""
+    """Accumulates one clip's frames: the JPEG crops, and their descriptors (``FrameDescriber``)."""
 
     def __init__(self, clip: Clip, crop, estimators, quality: int, timer: StageTimer):
-        self.clip, self.crop, self.est, self.quality, self.timer = clip, crop, estimators, quality, timer
-        self.jpegs, self.controls, self.landmarks, self.exp, self.pose, self.gaze = [], [], [], [], [], []
-        self._d224, self._d448 = [], []
+        self.clip, self.crop, self.quality, self.timer = clip, crop, quality, timer
+        self.jpegs: list[bytes] = []
+        self.describer = FrameDescriber(estimators, timer)
 
     def add(self, img: np.ndarray, i: int) -> None:
         with self.timer("crop", 1):
             face = crop_and_resize(img, self.crop)
             self.jpegs.append(schema.encode_jpeg(face, self.quality))
-        lm = to_crop(self.clip.landmarks[i], self.crop)
-        box = align.gaze_box(lm)
-        self.landmarks.append(lm.astype(np.float32))
-        self.controls.append(controls_from_landmarks(lm))
-        with self.timer("estimators", 0):
-            self._d224.append(align.deep3d_input(face, lm, self.est.lm3d))
-            self._d448.append(align.l2cs_input(face, box))
-        if len(self._d224) >= self.est.batch_size:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self._d224:
-            return
-        with self.timer("estimators", len(self._d224)):
-            exp, pose, gaze = self.est(np.stack(self._d224), np.stack(self._d448))
-        self.exp.append(exp), self.pose.append(pose), self.gaze.append(gaze)
-        self._d224, self._d448 = [], []
+        self.describer.add(face, to_crop(self.clip.landmarks[i], self.crop))
 
     def truncate(self, t: int) -> None:
         """Keeps the first ``t`` frames (the audio ended before the clip did)."""
-        desc = self.descriptors()[:t]
-        self.jpegs, self.controls, self.landmarks = self.jpegs[:t], self.controls[:t], self.landmarks[:t]
-        self.exp, self.pose, self.gaze = [desc[:, :64]], [desc[:, 64:70]], [desc[:, 70:]]
+        self.jpegs = self.jpegs[:t]
+        self.describer.truncate(t)
 
     def descriptors(self) -> np.ndarray:
-        self.flush()
-        return np.concatenate([np.concatenate(self.exp), np.concatenate(self.pose),
-                               np.concatenate(self.gaze)], axis=1).astype(np.float32)
+        return self.describer.descriptors()
 
 
 def _clip_record(builder: _ClipBuilder, wav: np.ndarray, clip_id: str, identity: str, source: str,
@@ -217,10 +145,10 @@ def _clip_record(builder: _ClipBuilder, wav: np.ndarray, clip_id: str, identity:
         mel80, mel100 = audio.wav2lip_mel(wav), audio.mel_100hz(wav)
     with timer("write", t):
         clip = {"clip_id": clip_id, "identity_id": identity, "source_id": source, "frames": builder.jpegs,
-                "audio": wav, "descriptors": desc, "controls": np.stack(builder.controls),
+                "audio": wav, "descriptors": desc, "controls": np.stack(builder.describer.controls),
                 "mel_80hz": mel80, "mel_100hz": mel100,
                 "aux": {"crop_box": np.tile(np.asarray(builder.crop, np.int32), (t, 1)),
-                        "landmarks": np.stack(builder.landmarks),
+                        "landmarks": np.stack(builder.describer.landmarks),
                         "source_frame": np.arange(builder.clip.start, builder.clip.start + t, dtype=np.int32)}}
         recs, digest = schema.encode_clip(clip)
     return recs, records.index_entry(clip, recs, digest)
@@ -246,7 +174,7 @@ def process_video(path: str, root: Path, faces: FaceModels, estimators, cfg: Pre
                      path, info.fps)
         if info.rotation:
             log.info("%s: display rotation %d degrees applied", path, info.rotation)
-        boxes, lms, scores = _detect_all(info, faces, cfg, timer)
+        boxes, lms, scores = detect_faces(info, faces, cfg.detect_size, timer)
         marker["num_video_frames"] = len(boxes)
         if not boxes:
             raise SkipVideo("corrupt", "no decodable frames")

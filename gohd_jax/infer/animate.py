@@ -74,14 +74,20 @@ def clip_features(wav: np.ndarray, condition: str) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class Controls:
-    """``pose``: "generated" | "still" | array [T,6] (absolute pose per frame);
-    ``gaze``: "generated" | array [2] (fixed) or [T,2]; ``blink``: generated blinks (two-stage
-    models) or eyes held at the source's; scales act on the absolute pose / expression."""
+    """What drives a clip besides its audio; each acts on one thing.
+
+    ``pose``: "generated" | "still" | array [T,6] (absolute pose per frame); ``gaze``: "generated" |
+    array [2] (fixed) or [T,2]; ``blink``: True (generated blinks, two-stage models), False (eyes
+    held at the source's) or array [T] (the eye control per frame, e.g. a reference's blinks);
+    ``exp``: None (from the audio) or array [T,64] (absolute expression per frame, e.g. a
+    reference's: the lips follow it); scales act on the absolute pose / expression. Arrays shorter
+    than the clip hold their last frame (``gohd_jax/infer/reference.py`` fits references first)."""
     pose: object = "generated"
     gaze: object = "generated"
-    blink: bool = True
+    blink: object = True
     pose_scale: float = 1.0
     exp_scale: float = 1.0
+    exp: object = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,15 +268,28 @@ class Animate:
             ctrl_in = np.stack([np.tile(j.control0[None, :exp_model.cfg.controls], (t, 1)) for j in jobs])
         else:
             ctrl_in = None
-        if not exp_model.two_stage and any(j.controls.blink for j in jobs) and exp_model.cfg.controls:
+        if not exp_model.two_stage and exp_model.cfg.controls and any(
+                isinstance(j.controls.blink, bool) and j.controls.blink for j in jobs):
             log.warning("the expression model is stage 1 only: blinks and brows are held at the source's")
-        exp = np.empty((len(jobs), t, 64), np.float32)
+        # the eye control: NaN where generated, the source's where held, a reference's where given
+        eye = np.full((len(jobs), t), np.nan, np.float32)
+        for i, (j, n) in enumerate(zip(jobs, lengths)):
+            if isinstance(j.controls.blink, bool):
+                if not j.controls.blink:
+                    eye[i] = j.control0[0]
+            else:
+                track = _fit(np.asarray(j.controls.blink, np.float32).reshape(-1, 1), n, "the blink track")[:, 0]
+                eye[i, :n], eye[i, n:] = track, track[-1]
+        given_exp = [j.controls.exp is not None for j in jobs]
+        exp = np.zeros((len(jobs), t, 64), np.float32)
         ctrl = np.empty((len(jobs), t, exp_model.cfg.control_dim), np.float32) if exp_model.two_stage else None
-        hold = np.array([not j.controls.blink for j in jobs])
-        for start, e, c in exp_model.iter_windows(mel, exp0, controls=ctrl_in, key=part(2), hold_blink=hold):
-            exp[:, start:start + e.shape[1]] = e
-            if c is not None:
-                ctrl[:, start:start + c.shape[1]] = c
+        if not all(given_exp):  # at least one clip's expression comes from its audio
+            for start, e, c in exp_model.iter_windows(mel, exp0, controls=ctrl_in, key=part(2), eye=eye):
+                exp[:, start:start + e.shape[1]] = e
+                if c is not None:
+                    ctrl[:, start:start + c.shape[1]] = c
+        elif ctrl is not None:
+            ctrl = None  # no clip generated controls
         times.add("expression", time.perf_counter() - t0)
 
         t0 = time.perf_counter()
@@ -305,11 +324,11 @@ class Animate:
                 gaze = gaze_gen[i, :n]
             else:
                 gaze = _fit(c.gaze, n, "the gaze file")
-            e = exp[i, :n] * np.float32(c.exp_scale)
+            e = (_fit(c.exp, n, "the expression track") if c.exp is not None else exp[i, :n]) * np.float32(c.exp_scale)
             pose = pose * np.float32(c.pose_scale)
             desc = np.concatenate([e, pose, gaze], 1).astype(np.float32)
             out.append({"exp": e, "pose": pose.astype(np.float32), "gaze": gaze.astype(np.float32),
-                        "controls": None if ctrl is None else ctrl[i, :n], "descriptors": desc})
+                        "controls": None if ctrl is None or given_exp[i] else ctrl[i, :n], "descriptors": desc})
         return out
 
     # ----------------------------------------------------------------------------- rendering

