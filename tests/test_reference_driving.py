@@ -119,7 +119,8 @@ def test_each_reference_control_changes_only_what_it_names(setup, tmp_path):
     fields = {"exp": slice(0, 64), "pose": slice(64, 70), "gaze": slice(70, 72)}
 
     def changed(drive):
-        return {k for k, s in fields.items() if not np.array_equal(drive["descriptors"][:, s], base["descriptors"][:, s])}
+        d, b = drive["descriptors"], base["descriptors"]
+        return {k for k, s in fields.items() if not np.array_equal(d[:, s], b[:, s])}
 
     _, pose = _drive(setup, str(tmp_path / "d0.npy"), pose=path)
     assert changed(pose) == {"pose"}
@@ -246,3 +247,47 @@ def test_describe_a_real_clip_then_drive_with_it(tmp_path, estimator_files, tiny
     np.testing.assert_allclose(drive["pose"], job.descriptor0[64:70] + desc.pose - desc.pose[:1], atol=1e-5)
     np.testing.assert_allclose(drive["exp"], desc.exp, atol=1e-5)
     np.testing.assert_allclose(drive["gaze"], desc.gaze, atol=1e-5)
+
+
+def test_silent_audio_renders_an_idle_clip(setup, tmp_path, capsys, tiny_bundle_dir):
+    """Silence (zeros, or RMS below -60 dBFS) is not an error: the lips stay at the source's exp0;
+    with blinks on, the expression moves only by the eye control's effect; pose and gaze are
+    generated as for speech. Under one frame of audio stays an error."""
+    ctx, engine, img, _ = setup
+    d0 = np.random.default_rng(5).normal(0, 0.1, 72).astype(np.float32)
+    np.save(tmp_path / "d0.npy", d0)
+    quiet = np.random.default_rng(0).normal(0, 3e-4, int(1.1 * SR)).astype(np.float32)  # -70 dBFS
+    assert cli.is_silent(quiet) and cli.is_silent(np.zeros(100)) and not cli.is_silent(setup[3])
+    runs = {}
+    for blink in ("off", "on"):
+        job = cli.make_job(ctx, "idle", img, quiet, where="face", pose_scale=1.0, exp_scale=1.0, seed=3,
+                           descriptor_file=str(tmp_path / "d0.npy"), **{**cli.CONTROL_DEFAULTS, "blink": blink})[0]
+        assert job.controls.idle
+        runs[blink] = engine.drive([job], [engine.features(job)])[0]
+    np.testing.assert_array_equal(runs["off"]["exp"], np.tile(d0[:64], (len(runs["off"]["exp"]), 1)))
+    moved = np.abs(runs["on"]["exp"] - d0[:64]).max(axis=1)
+    assert moved.max() > 1e-4  # the eye control moves the expression ...
+    assert np.ptp(runs["on"]["pose"], axis=0).max() > 0  # ... and the pose is generated as for speech
+
+    import soundfile as sf
+
+    img_path = tmp_path / "face.png"
+    Image.fromarray(img).save(img_path)
+    sf.write(str(tmp_path / "blip.wav"), np.ones(500, np.float32) * 0.1, SR)
+    code = cli.main(["animate", "--image", str(img_path), "--audio", str(tmp_path / "blip.wav"), "--out",
+                     str(tmp_path / "blip.mp4"), "--checkpoint", str(tiny_bundle_dir)])
+    assert code == 2 and "it needs at least one frame" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # ~10 s: a whole gohd animate run
+def test_cli_silent_audio_exits_0_with_one_warning(tmp_path, capsys, caplog, tiny_bundle_dir):
+    import soundfile as sf
+
+    Image.new("RGB", (80, 80), (120, 90, 70)).save(tmp_path / "face.png")
+    sf.write(str(tmp_path / "silent.wav"), np.zeros(SR // 2, np.float32), SR)
+    code = cli.main(["animate", "--image", str(tmp_path / "face.png"), "--audio", str(tmp_path / "silent.wav"),
+                     "--out", str(tmp_path / "idle.mp4"), "--checkpoint", str(tiny_bundle_dir), "--sampler", "ddim",
+                     "--steps", "2"])
+    err = capsys.readouterr().err
+    assert code == 0 and (tmp_path / "idle.mp4").exists(), err
+    assert caplog.text.count("rendering an idle clip") == 1

@@ -80,14 +80,17 @@ class Controls:
     array [2] (fixed) or [T,2]; ``blink``: True (generated blinks, two-stage models), False (eyes
     held at the source's) or array [T] (the eye control per frame, e.g. a reference's blinks);
     ``exp``: None (from the audio) or array [T,64] (absolute expression per frame, e.g. a
-    reference's: the lips follow it); scales act on the absolute pose / expression. Arrays shorter
-    than the clip hold their last frame (``gohd_jax/infer/reference.py`` fits references first)."""
+    reference's: the lips follow it); ``idle`` (silent audio): the lips held at the source's exp0,
+    blinks (generated or given) added as the expression model's response to the eye control alone;
+    scales act on the absolute pose / expression. Arrays shorter than the clip hold their last
+    frame (``gohd_jax/infer/reference.py`` fits references first)."""
     pose: object = "generated"
     gaze: object = "generated"
     blink: object = True
     pose_scale: float = 1.0
     exp_scale: float = 1.0
     exp: object = None
+    idle: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,6 +293,9 @@ class Animate:
                     ctrl[:, start:start + c.shape[1]] = c
         elif ctrl is not None:
             ctrl = None  # no clip generated controls
+        idle = np.array([j.controls.idle and not g for j, g in zip(jobs, given_exp)])
+        if idle.any():
+            exp = self._idle(exp, idle, exp0, eye, mel, ctrl_in, part(2), jobs)
         times.add("expression", time.perf_counter() - t0)
 
         t0 = time.perf_counter()
@@ -329,6 +335,23 @@ class Animate:
             desc = np.concatenate([e, pose, gaze], 1).astype(np.float32)
             out.append({"exp": e, "pose": pose.astype(np.float32), "gaze": gaze.astype(np.float32),
                         "controls": None if ctrl is None or given_exp[i] else ctrl[i, :n], "descriptors": desc})
+        return out
+
+    def _idle(self, exp, idle, exp0, eye, mel, ctrl_in, key, jobs) -> np.ndarray:
+        """Silent clips: exp0 + (expression with the clip's eye control - the same with the eyes
+        held at the source's), the same noise in both: what the eye control alone moves (blinks),
+        on lips held at exp0. Eyes held (``blink`` off): exp0 itself."""
+        held = np.array([isinstance(j.controls.blink, bool) and not j.controls.blink for j in jobs])
+        out = exp.copy()
+        out[idle] = exp0[idle][:, None]
+        moving = idle & ~held
+        if moving.any():  # one more pass, eyes held: ``exp`` is the pass with the clips' eye control
+            eye_held = eye.copy()
+            eye_held[moving] = np.stack([j.control0[0] for j in jobs])[moving][:, None]
+            still = np.empty_like(exp)
+            for start, e, _ in self.expression.iter_windows(mel, exp0, controls=ctrl_in, key=key, eye=eye_held):
+                still[:, start:start + e.shape[1]] = e
+            out[moving] = exp0[moving][:, None] + (exp[moving] - still[moving])
         return out
 
     # ----------------------------------------------------------------------------- rendering

@@ -275,11 +275,21 @@ def load_speech(path: str) -> np.ndarray:
         wav = load_audio(path, allow_short=True)
     except AudioError as e:
         raise UsageError(str(e)) from None
-    if len(wav) < 3200:
-        raise UsageError(f"{path}: the audio is {len(wav) / 16000:.2f} s long; it needs at least 0.2 s")
-    if float(np.max(np.abs(wav))) < 1e-4:
-        raise UsageError(f"{path}: the audio is silent (peak below -80 dBFS): nothing to lip-sync")
+    if len(wav) < 640:
+        raise UsageError(f"{path}: the audio is {len(wav) / 16000:.3f} s long; it needs at least one frame "
+                         "(0.04 s)")
+    if is_silent(wav):
+        log.warning("%s is silent (RMS below -60 dBFS): rendering an idle clip (lips still at the source's, "
+                    "pose, gaze and blinks as asked)", path)
     return wav
+
+
+SILENCE_RMS = 1e-3  # -60 dBFS
+
+
+def is_silent(wav: np.ndarray) -> bool:
+    """All zeros, or an RMS below -60 dBFS: the clip is idle (nothing to lip-sync)."""
+    return float(np.sqrt(np.mean(np.square(wav, dtype=np.float64)))) < SILENCE_RMS
 
 
 def check_precision(value: str) -> str:
@@ -376,7 +386,7 @@ def make_job(ctx: _Context, name: str, img: np.ndarray, wav: np.ndarray, *, wher
     values = _resolve_references(ctx, values, d0, c0, num_frames_of(wav), pose_mode)
     times["references"] = time.perf_counter() - t0
     controls = Controls(pose=values["pose"], gaze=values["gaze"], blink=values["blink"], exp=values["exp"],
-                        pose_scale=float(pose_scale), exp_scale=float(exp_scale))
+                        pose_scale=float(pose_scale), exp_scale=float(exp_scale), idle=is_silent(wav))
     size = ctx.bundle.image_size
     crop = src.crop if size == src.crop.shape[0] else np.asarray(
         Image.fromarray(src.crop).resize((size, size), Image.BILINEAR))
