@@ -291,3 +291,39 @@ def test_cli_silent_audio_exits_0_with_one_warning(tmp_path, capsys, caplog, tin
     err = capsys.readouterr().err
     assert code == 0 and (tmp_path / "idle.mp4").exists(), err
     assert caplog.text.count("rendering an idle clip") == 1
+
+
+def test_emotion_keeps_the_audio_lips_and_adds_the_reference_residual(setup, tmp_path):
+    """--emotion REF: exp = stage 1 of the clip's own audio + (REF's expression - stage 1 of REF's
+    own audio from REF's first frame); pose and gaze untouched; scale 0 leaves stage 1's lips;
+    two references blend linearly by --emotion-mix; a reference without audio is read against
+    stage 1 of silence."""
+    ctx, engine, img, wav = setup
+    a, b = _description(40, seed=1, audio_s=1.6), _description(20, seed=2)  # b: no audio track
+    a.save(tmp_path / "a.npz"), b.save(tmp_path / "b.npz")
+    pa, pb = str(tmp_path / "a.npz"), str(tmp_path / "b.npz")
+    _, base = _drive(setup)
+
+    def emo(value, **kw):
+        return _drive(setup, None, emotion=value, **kw)[1]
+
+    one = emo(pa)
+    n = len(one["exp"])
+    np.testing.assert_array_equal(one["pose"], base["pose"])
+    np.testing.assert_array_equal(one["gaze"], base["gaze"])
+    from gohd_jax.infer.animate import clip_features
+
+    cond = ctx.bundle.pose_spec.condition
+    lips = engine.stage1_expression([clip_features(wav, cond)["mel80"]], [n], np.zeros((1, 64), np.float32))[0]
+    ref_lips = engine.stage1_expression([clip_features(a.audio, cond)["mel80"]], [40], a.exp[:1])[0]
+    np.testing.assert_allclose(one["exp"], lips + (a.exp - ref_lips)[:n], atol=1e-5)
+    np.testing.assert_allclose(emo(pa, emotion_scale=0.0)["exp"], lips, atol=1e-6)
+    silent_lips = engine.stage1_expression([clip_features(np.zeros(20 * 640, np.float32), cond)["mel80"]], [20],
+                                           b.exp[:1])[0]
+    np.testing.assert_allclose(emo(pb)["exp"], lips + R.fit_length(b.exp - silent_lips, n), atol=1e-5)
+    mixed = emo(f"{pa},{pb}", emotion_mix=0.25)["exp"]
+    np.testing.assert_allclose(mixed, 0.75 * one["exp"] + 0.25 * emo(pb)["exp"], atol=1e-5)
+    with pytest.raises(cli.UsageError, match="give one of them"):
+        _drive(setup, None, emotion=pa, exp=pa)
+    with pytest.raises(cli.UsageError, match="0..1"):
+        _drive(setup, None, emotion=f"{pa},{pb}", emotion_mix=1.5)

@@ -50,7 +50,7 @@ from gohd_jax.nn import policy as policy_lib
 log = logging.getLogger(__name__)
 
 __all__ = ["Controls", "Sampling", "ClipJob", "Animate", "GAZE_PRESETS", "semantic_windows", "num_frames",
-           "StageTimes", "quantise", "clip_features"]
+           "StageTimes", "quantise", "clip_features", "EmotionRef"]
 
 # The release's freeze_gaze values [first, second] in radians.
 GAZE_PRESETS = {"forward": (0.0, 0.0), "left": (0.2, 0.0), "right": (-0.7, 0.0)}
@@ -80,7 +80,9 @@ class Controls:
     array [2] (fixed) or [T,2]; ``blink``: True (generated blinks, two-stage models), False (eyes
     held at the source's) or array [T] (the eye control per frame, e.g. a reference's blinks);
     ``exp``: None (from the audio) or array [T,64] (absolute expression per frame, e.g. a
-    reference's: the lips follow it); ``idle`` (silent audio): the lips held at the source's exp0,
+    reference's: the lips follow it); ``emotion``: ``EmotionRef``s (weights summing to 1): the
+    audio-driven stage-1 lips plus the references' emotion residual x ``emotion_scale``
+    (``Animate.emotion_residual``); ``idle`` (silent audio): the lips held at the source's exp0,
     blinks (generated or given) added as the expression model's response to the eye control alone;
     scales act on the absolute pose / expression. Arrays shorter than the clip hold their last
     frame (``gohd_jax/infer/reference.py`` fits references first)."""
@@ -91,6 +93,18 @@ class Controls:
     exp_scale: float = 1.0
     exp: object = None
     idle: bool = False
+    emotion: tuple = ()
+    emotion_scale: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class EmotionRef:
+    """An emotion reference: its expression [T,64] and 16 kHz audio (T x 640 samples, or None: no
+    audio track) at 25 fps, its weight in the mix, and ``key`` (its path: residuals are cached)."""
+    exp: np.ndarray
+    wav: np.ndarray | None
+    weight: float = 1.0
+    key: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,6 +221,8 @@ class Animate:
                                                     alignment=bundle.gaze_spec.alignment,
                                                     data_scale=bundle.gaze_spec.data_scale)
         self.expression = ExpressionWindows(bundle.expression, window=bundle.expression_window)
+        self._stage1: ExpressionWindows | None = None  # stage 1 alone (emotion), built when first asked
+        self._residuals: dict[str, np.ndarray] = {}  # emotion reference -> its residual [T,64]
         graph, state = nnx.split(bundle.animator)
         self._anim_state = jax.device_put(state, self._rep)
 
@@ -293,7 +309,12 @@ class Animate:
                     ctrl[:, start:start + c.shape[1]] = c
         elif ctrl is not None:
             ctrl = None  # no clip generated controls
-        idle = np.array([j.controls.idle and not g for j, g in zip(jobs, given_exp)])
+        emo = [i for i, j in enumerate(jobs) if j.controls.emotion and not given_exp[i]]
+        if emo:
+            exp[emo] = self._with_emotion([jobs[i] for i in emo], [feats[i] for i in emo], t)
+        # silent clips are idle, unless an emotion reference drives them (its stage 1 of silence is
+        # already the closed mouth)
+        idle = np.array([j.controls.idle and not g and not j.controls.emotion for j, g in zip(jobs, given_exp)])
         if idle.any():
             exp = self._idle(exp, idle, exp0, eye, mel, ctrl_in, part(2), jobs)
         times.add("expression", time.perf_counter() - t0)
@@ -335,6 +356,59 @@ class Animate:
             desc = np.concatenate([e, pose, gaze], 1).astype(np.float32)
             out.append({"exp": e, "pose": pose.astype(np.float32), "gaze": gaze.astype(np.float32),
                         "controls": None if ctrl is None or given_exp[i] else ctrl[i, :n], "descriptors": desc})
+        return out
+
+    def stage1_expression(self, mel80s: Sequence[np.ndarray], lengths: Sequence[int], exp0: np.ndarray
+                          ) -> np.ndarray:
+        """Stage 1 alone (no generated controls; neutral ones where it reads them): the expression
+        [B,T,64] its audio predicts from exp0 [B,64] (clip i padded past its length)."""
+        from gohd_jax.infer.expression import ExpressionWindows
+        from gohd_jax.infer.source import neutral_controls
+
+        if self._stage1 is None:
+            model = self.bundle.expression
+            self._stage1 = ExpressionWindows(model.stage1 if self.expression.two_stage else model,
+                                             window=self.bundle.expression_window)
+        t, b, k = max(lengths), len(lengths), self._stage1.cfg.controls
+        ctrl = np.tile(neutral_controls()[:k][None, None], (b, t, 1)).astype(np.float32) if k else None
+        out = np.empty((b, t, 64), np.float32)
+        mel = _LazyMelWindows(list(mel80s), list(lengths), t)
+        for start, e, _ in self._stage1.iter_windows(mel, np.asarray(exp0, np.float32), controls=ctrl):
+            out[:, start:start + e.shape[1]] = e
+        return out
+
+    def emotion_residual(self, ref: EmotionRef) -> np.ndarray:
+        """GoHD's split of a reference's expression [T,64]: what stage 1 does not explain from the
+        reference's own audio (or from silence: a closed mouth) starting at its first frame,
+        residual = exp - stage1(audio, exp[0], neutral controls); brows, blinks, emotion."""
+        if ref.key and ref.key in self._residuals:
+            return self._residuals[ref.key]
+        t = len(ref.exp)
+        wav = np.zeros(t * 640, np.float32)
+        if ref.wav is not None:
+            wav[:min(len(ref.wav), t * 640)] = ref.wav[:t * 640]
+        mel80 = clip_features(wav, self.bundle.pose_spec.condition)["mel80"]
+        pred = self.stage1_expression([mel80], [t], np.asarray(ref.exp[:1], np.float32))[0]
+        residual = (np.asarray(ref.exp, np.float32) - pred).astype(np.float32)
+        if ref.key:
+            if len(self._residuals) >= 16:
+                self._residuals.pop(next(iter(self._residuals)))
+            self._residuals[ref.key] = residual
+        return residual
+
+    def _with_emotion(self, jobs: Sequence[ClipJob], feats: Sequence[dict], t: int) -> np.ndarray:
+        """[B,t,64]: each clip's stage-1 expression of its own audio + its references' weighted
+        residuals (fitted to its length: trimmed, or played forward and backward) x emotion_scale."""
+        from gohd_jax.infer.reference import fit_length
+
+        lengths = [f["frames"] for f in feats]
+        exp0 = np.stack([j.descriptor0[:64] for j in jobs]).astype(np.float32)
+        out = np.zeros((len(jobs), t, 64), np.float32)
+        out[:, :max(lengths)] = self.stage1_expression([f["mel80"] for f in feats], lengths, exp0)
+        for i, (job, n) in enumerate(zip(jobs, lengths)):
+            res = sum(np.float32(r.weight) * fit_length(self.emotion_residual(r), n, f"the emotion reference {r.key}")
+                      for r in job.controls.emotion)
+            out[i, :n] += np.float32(job.controls.emotion_scale) * res
         return out
 
     def _idle(self, exp, idle, exp0, eye, mel, ctrl_in, key, jobs) -> np.ndarray:

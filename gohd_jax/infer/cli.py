@@ -68,6 +68,13 @@ def _add_controls(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gaze", help="generated (default) | forward | left | right | FILE.npy ([T,2] or [2]) | "
                                   f"PITCH,YAW (radians) | {REFERENCE}")
     g.add_argument("--blink", help=f"on (default: generated blinks) | off (eyes held open) | {REFERENCE}")
+    g.add_argument("--emotion", metavar="VIDEO|DESC.npz[,VIDEO|DESC.npz]",
+                   help="emotion from a reference, lips from the audio: the reference's expression minus what "
+                        "stage 1 predicts from its own audio (brows, blinks, smile...) added to the audio-driven "
+                        "stage-1 lips; two references blend by --emotion-mix")
+    g.add_argument("--emotion-mix", type=float, default=0.5,
+                   help="with two --emotion references: 0 = the first, 1 = the second (%(default)s)")
+    g.add_argument("--emotion-scale", type=float, default=1.0, help="x the emotion residual (%(default)s)")
     g.add_argument("--drive", metavar="VIDEO|DESC.npz",
                    help="video-driven reenactment: pose, expression, gaze and blinks from this reference, except "
                         "those given by their own flag (mix: --drive A.mp4 --gaze B.mp4 --exp audio); the audio, "
@@ -242,6 +249,9 @@ def control_values(args, row: dict | None = None) -> dict[str, str]:
     default, in that order (a manifest row's values beat the command line's)."""
     row = row or {}
     out = {}
+    if row.get("emotion") or getattr(args, "emotion", None):  # emotion keeps the audio-driven lips
+        row = {"exp": row.get("exp") or getattr(args, "exp", None) or "audio", **{k: v for k, v in row.items()
+                                                                                 if k != "exp"}}
     for name, default in CONTROL_DEFAULTS.items():
         out[name] = (row.get(name) or row.get("drive") or getattr(args, name, None) or getattr(args, "drive", None)
                      or default)
@@ -358,7 +368,8 @@ def load_inputs(image: str, audio: str) -> tuple[np.ndarray, np.ndarray]:
 def make_job(ctx: _Context, name: str, img: np.ndarray, wav: np.ndarray, *, where: str, pose: str, gaze: str,
              blink: str, pose_scale: float, exp_scale: float, seed: int, descriptor_file: str | None,
              require_face: bool = False, times: dict | None = None, exp: str = "audio",
-             pose_mode: str = "relative"):
+             pose_mode: str = "relative", emotion: str | None = None, emotion_mix: float = 0.5,
+             emotion_scale: float = 1.0):
     """The clip's job and how its source descriptors were obtained; ``times`` (if given) gets the
     seconds of the face crop ("face"), of the descriptors ("descriptors") and of the references
     ("references": described or read, fitted to the clip's length)."""
@@ -385,12 +396,49 @@ def make_job(ctx: _Context, name: str, img: np.ndarray, wav: np.ndarray, *, wher
     t0 = time.perf_counter()
     values = _resolve_references(ctx, values, d0, c0, num_frames_of(wav), pose_mode)
     times["references"] = time.perf_counter() - t0
+    emotion_refs = _emotion_references(ctx, emotion, emotion_mix, values["exp"])
     controls = Controls(pose=values["pose"], gaze=values["gaze"], blink=values["blink"], exp=values["exp"],
-                        pose_scale=float(pose_scale), exp_scale=float(exp_scale), idle=is_silent(wav))
+                        pose_scale=float(pose_scale), exp_scale=float(exp_scale), idle=is_silent(wav),
+                        emotion=emotion_refs, emotion_scale=float(emotion_scale))
     size = ctx.bundle.image_size
     crop = src.crop if size == src.crop.shape[0] else np.asarray(
         Image.fromarray(src.crop).resize((size, size), Image.BILINEAR))
     return ClipJob(name, crop, d0, c0, wav, controls, seed=int(seed)), how
+
+
+def parse_emotion(value: str | None, mix: float) -> list[tuple[object, float]]:
+    """--emotion A[,B] and --emotion-mix -> [(Reference, weight)]."""
+    if not value:
+        return []
+    parts = [v.strip() for v in value.split(",") if v.strip()]
+    refs = [_reference(v) for v in parts]
+    if not 1 <= len(parts) <= 2 or any(r is None for r in refs):
+        raise UsageError(f"--emotion {value!r}: use one or two references (VIDEO or gohd describe .npz), "
+                         "comma-separated")
+    if not (math.isfinite(mix) and 0.0 <= mix <= 1.0):
+        raise UsageError(f"--emotion-mix {mix}: use a number in 0..1")
+    return [(refs[0], 1.0)] if len(refs) == 1 else [(refs[0], 1.0 - mix), (refs[1], mix)]
+
+
+def _emotion_references(ctx, value: str | None, mix: float, exp) -> tuple:
+    from gohd_jax.infer.animate import EmotionRef
+    from gohd_jax.infer.reference import ReferenceError
+
+    pairs = parse_emotion(value, mix)
+    if pairs and exp is not None:
+        raise UsageError("--emotion keeps the audio-driven lips; --exp from a reference replaces the whole "
+                         "expression: give one of them")
+    out = []
+    for ref, weight in pairs:
+        try:
+            desc = ctx.references.get(ref)
+        except ReferenceError as e:
+            raise UsageError(f"--emotion: {e}") from None
+        wav = desc.audio if len(desc.audio) >= 640 else None
+        if wav is None:
+            log.info("emotion reference %s has no audio: its lips are taken as stage 1's silence", ref.path)
+        out.append(EmotionRef(desc.exp, wav, float(weight), str(Path(ref.path).resolve())))
+    return tuple(out)
 
 
 def num_frames_of(wav: np.ndarray) -> int:
@@ -483,7 +531,8 @@ def cmd_animate(args) -> int:
     out = check_out(args.out)
     values = control_values(args)
     parse_pose(values["pose"]), parse_gaze(values["gaze"]), parse_blink(values["blink"]), parse_exp(values["exp"])
-    _check_video_references(args, values)
+    emotion = parse_emotion(args.emotion, args.emotion_mix)
+    _check_video_references(args, {**values, **{f"emotion {k}": r.path for k, (r, _) in enumerate(emotion)}})
     from gohd_jax.infer.source import InputError, load_image
 
     try:  # fail fast on bad inputs, before loading models
@@ -498,7 +547,8 @@ def cmd_animate(args) -> int:
         wav, heard = _reference_audio(ctx, args.drive)
     job, how = make_job(ctx, out.stem, img, wav, where=args.image, **values, pose_mode=args.pose_mode,
                         pose_scale=args.pose_scale, exp_scale=args.exp_scale, seed=args.seed,
-                        descriptor_file=args.source_descriptors)
+                        descriptor_file=args.source_descriptors, emotion=args.emotion,
+                        emotion_mix=args.emotion_mix, emotion_scale=args.emotion_scale)
     t0 = time.perf_counter()
     engine = Animate(ctx.bundle, sampling=Sampling(args.sampler, args.steps), render_batch=args.render_batch,
                      precision=args.precision)
@@ -560,6 +610,8 @@ def _prepare_row(ctx: _Context, engine, args):
             raise UsageError(f"a number column: {e}") from None
         job, _ = make_job(ctx, row.key, img, wav, where=r["image"], **control_values(args, r),
                           pose_mode=args.pose_mode, pose_scale=scales[0], exp_scale=scales[1], seed=seed,
+                          emotion=r.get("emotion") or args.emotion, emotion_mix=args.emotion_mix,
+                          emotion_scale=args.emotion_scale,
                           descriptor_file=r.get("source_descriptors") or args.source_descriptors,
                           require_face=args.require_face, times=times)
         t0 = time.perf_counter()

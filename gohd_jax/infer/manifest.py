@@ -48,8 +48,8 @@ log = logging.getLogger(__name__)
 __all__ = ["MANIFEST_COLUMNS", "ManifestError", "Row", "read_header", "iter_rows", "shard_of", "results_path",
            "ResultsLog", "Failed", "HostPipeline", "merge_results", "error_text", "peak_rss_mb"]
 
-MANIFEST_COLUMNS = ("image", "audio", "out", "pose", "gaze", "blink", "exp", "drive", "pose_scale", "exp_scale",
-                    "seed", "source_descriptors")
+MANIFEST_COLUMNS = ("image", "audio", "out", "pose", "gaze", "blink", "exp", "drive", "emotion", "pose_scale",
+                    "exp_scale", "seed", "source_descriptors")
 REQUIRED = ("image", "audio", "out")
 PATH_COLUMNS = ("image", "audio", "out", "source_descriptors")
 CONTROL_COLUMNS = ("pose", "gaze", "blink", "exp", "drive")  # a value may be a file: FILE.npy, VIDEO, DESC.npz
@@ -111,6 +111,9 @@ def iter_rows(path: str | Path) -> Iterator[Row]:
             for col in PATH_COLUMNS + tuple(c for c in CONTROL_COLUMNS if _is_path(values.get(c, ""))):
                 if values.get(col) and not Path(values[col]).is_absolute():
                     values[col] = str(base / values[col])
+            if values.get("emotion"):  # one or two references, comma-separated
+                values["emotion"] = ",".join(p if Path(p).is_absolute() else str(base / p)
+                                             for p in (v.strip() for v in values["emotion"].split(",")) if p)
             yield Row(k, key, values)
 
 
