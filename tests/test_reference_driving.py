@@ -327,3 +327,64 @@ def test_emotion_keeps_the_audio_lips_and_adds_the_reference_residual(setup, tmp
         _drive(setup, None, emotion=pa, exp=pa)
     with pytest.raises(cli.UsageError, match="0..1"):
         _drive(setup, None, emotion=f"{pa},{pb}", emotion_mix=1.5)
+
+
+def test_references_are_loaded_once_per_path(tmp_path, monkeypatch):
+    """Many rows naming one reference read (or describe) it once; a video without the estimators
+    is refused with one line, before anything is decoded."""
+    _description(10).save(tmp_path / "r.npz")
+    refs = R.References()
+    loads = []
+    load = refs._load
+    monkeypatch.setattr(refs, "_load", lambda ref: loads.append(ref) or load(ref))
+    import threading
+
+    threads = [threading.Thread(target=refs.get, args=(R.Reference(str(tmp_path / "r.npz")),)) for _ in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert len(refs.get(R.Reference(str(tmp_path / "r.npz")))) == 10 and len(loads) == 1
+    (tmp_path / "v.mp4").write_bytes(b"\0" * 10)
+    with pytest.raises(R.ReferenceError, match="needs the estimator weights"):
+        refs.get(R.Reference(str(tmp_path / "v.mp4")))
+    with pytest.raises(R.ReferenceError, match="no such reference file"):
+        refs.get(R.Reference(str(tmp_path / "missing.npz")))
+
+
+@pytest.mark.slow  # ~30 s: a manifest of three rows rendered
+def test_manifest_rows_take_reference_columns(tmp_path, tiny_bundle_dir, monkeypatch):
+    """Batch mode: a row's drive / emotion / pose columns (descriptor files, relative paths) reach
+    its clip's controls; every row renders."""
+    import json
+
+    import soundfile as sf
+
+    from gohd_jax.infer.animate import Animate
+
+    _description(40, seed=1, audio_s=1.6).save(tmp_path / "a.npz")
+    _description(12, seed=2).save(tmp_path / "b.npz")
+    Image.new("RGB", (80, 80), (120, 90, 70)).save(tmp_path / "face.png")
+    t = np.arange(int(0.8 * SR)) / SR
+    sf.write(str(tmp_path / "s.wav"), (0.3 * np.sin(2 * np.pi * 180 * t)).astype(np.float32), SR)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "jobs.csv").write_text("image,audio,out,drive,emotion,pose\n"
+                                       "face.png,s.wav,out/d.mp4,a.npz,,\n"
+                                       "face.png,s.wav,out/e.mp4,,a.npz,b.npz\n"
+                                       "face.png,s.wav,out/p.mp4,,,\n")
+    seen = {}
+    run = Animate.run
+
+    def spy(self, jobs, writers, feats=None):
+        for j in jobs:
+            seen[j.name] = j.controls
+        return run(self, jobs, writers, feats)
+
+    monkeypatch.setattr(Animate, "run", spy)
+    code = cli.main(["animate", "--manifest", str(tmp_path / "jobs.csv"), "--checkpoint", str(tiny_bundle_dir),
+                     "--sampler", "ddim", "--steps", "2", "--batch-clips", "3"])
+    assert code == 0
+    results = [json.loads(x) for x in (tmp_path / "jobs.results.jsonl").read_text().splitlines()]
+    assert sorted(r["status"] for r in results) == ["ok"] * 3
+    d, e, p = seen["out/d.mp4"], seen["out/e.mp4"], seen["out/p.mp4"]
+    assert isinstance(d.exp, np.ndarray) and isinstance(d.pose, np.ndarray) and not d.emotion
+    assert e.exp is None and len(e.emotion) == 1 and isinstance(e.pose, np.ndarray)
+    assert p.exp is None and p.pose == "generated" and not p.emotion
