@@ -208,7 +208,8 @@ def _cut(tmp_path, seconds: float):
 
 
 @pytest.mark.slow  # ~1.5 min: the two ResNet-50 estimators on 30 frames, twice
-def test_describe_a_real_clip_then_drive_with_it(tmp_path, estimator_files, tiny_bundle_dir, capsys, monkeypatch):
+def test_describe_a_real_clip_then_drive_with_it(tmp_path, estimator_files, tiny_bundle_dir, capsys, monkeypatch,
+                                                setup):
     """gohd describe on a 1.2 s cut of a real video: 30 frames of descriptors, face found on each,
     one crop box, the clip's audio. Then gohd animate --drive VIDEO with the clip's own first frame
     as the source: the renderer's pose is the described pose track rebased on the source's pose
@@ -227,6 +228,14 @@ def test_describe_a_real_clip_then_drive_with_it(tmp_path, estimator_files, tiny
     assert len(desc) == t and desc.face_found.all() and np.abs(desc.exp).max() > 0
     assert len(np.unique(desc.crop_box, axis=0)) == 1
     assert abs(len(desc.audio) - t * 640) <= 640
+    # each control from the real clip's description changes only its own field
+    _, base = _drive(setup)
+    fields = {"exp": slice(0, 64), "pose": slice(64, 70), "gaze": slice(70, 72)}
+    for control, field in (("pose", "pose"), ("exp", "exp"), ("gaze", "gaze"), ("blink", "exp")):
+        drive = _drive(setup, None, **{control: str(tmp_path / "cut.npz")})[1]
+        changed = {k for k, sl in fields.items()
+                   if not np.array_equal(drive["descriptors"][:, sl], base["descriptors"][:, sl])}
+        assert changed == {field}, (control, changed)
 
     seen = []
     run = Animate.run
