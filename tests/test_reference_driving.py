@@ -456,3 +456,27 @@ def test_emotion_follows_the_reference_and_lips_follow_the_audio(tmp_path):
     for name, margin in (("smile", 0.3), ("furrow", 0.3), ("jaw", 0.25)):
         assert mean[name] > mean[f"{name}_swapped"] + margin, mean
     assert mean["jaw"] > 0.8 and mean["smile"] > 0.6, mean
+
+
+def test_describe_fills_and_counts_frames_where_the_face_is_lost(tmp_path, caplog):
+    """A synthetic talking head (no audio track) with three blank frames: every frame gets
+    descriptors, the blank ones flagged and interpolated from their neighbours, the log counts
+    them; one crop for the whole video."""
+    from data_pipelines.video.describe import describe_video
+    from data_pipelines.video.faces import FaceModels
+    from tests.test_preprocess import FakeEstimators, _synthetic_talking_head, write_video
+
+    frames, _ = _synthetic_talking_head(0.8)
+    frames = frames.copy()
+    frames[[5, 6, 12]] = 0
+    write_video(tmp_path / "v.mp4", frames)
+    with caplog.at_level(logging.WARNING):
+        d = describe_video(tmp_path / "v.mp4", FaceModels(), FakeEstimators())
+    t = len(frames)
+    assert len(d) == t and len(d.audio) == 0
+    np.testing.assert_array_equal(np.flatnonzero(~d.face_found), [5, 6, 12])
+    assert "lost in 3 of 20 frames" in caplog.text
+    np.testing.assert_allclose(d.descriptors[12], (d.descriptors[11] + d.descriptors[13]) / 2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(d.descriptors[5], d.descriptors[4] + (d.descriptors[7] - d.descriptors[4]) / 3,
+                               rtol=1e-5, atol=1e-6)
+    assert len(np.unique(d.crop_box, axis=0)) == 1
