@@ -349,9 +349,10 @@ class _Context:
                 self.estimators = Estimators.from_files(args.deep3d, args.l2cs, args.lm3d, batch_size=1)
             except MissingModel as e:
                 raise UsageError(str(e).splitlines()[0] + " (give --deep3d, --lm3d and --l2cs together)") from None
-        from gohd_jax.infer.reference import References
+        from gohd_jax.infer.reference import LockedFaces, References
 
-        self.references = References(self.faces, self.estimators, progress=progress)
+        faces = None if self.faces is None else LockedFaces(self.faces, self.face_lock)
+        self.references = References(faces, self.estimators, progress=progress)
 
 
 def load_inputs(image: str, audio: str) -> tuple[np.ndarray, np.ndarray]:
@@ -479,11 +480,12 @@ class _NullWriter:
         pass
 
 
-def _check_video_references(args, values: dict) -> None:
-    """Refuses a VIDEO control without the estimators' weights (before any model is loaded)."""
+def _check_video_references(args, values: list[tuple[str, str]]) -> None:
+    """Refuses a VIDEO control (flag, value) without the estimators' weights (before any model is
+    loaded)."""
     from gohd_jax.infer.reference import Reference
 
-    videos = [f"--{k} {v}" for k, v in values.items() if Reference(v).is_video]
+    videos = [f"--{k} {v}" for k, v in values if Reference(v).is_video]
     if videos and not (args.deep3d and args.l2cs):
         raise UsageError(f"{videos[0]}: describing a video needs the estimator weights: give --deep3d, --lm3d and "
                          "--l2cs (as for gohd-preprocess), or a gohd describe .npz file")
@@ -532,7 +534,7 @@ def cmd_animate(args) -> int:
     values = control_values(args)
     parse_pose(values["pose"]), parse_gaze(values["gaze"]), parse_blink(values["blink"]), parse_exp(values["exp"])
     emotion = parse_emotion(args.emotion, args.emotion_mix)
-    _check_video_references(args, {**values, **{f"emotion {k}": r.path for k, (r, _) in enumerate(emotion)}})
+    _check_video_references(args, list(values.items()) + [("emotion", r.path) for r, _ in emotion])
     from gohd_jax.infer.source import InputError, load_image
 
     try:  # fail fast on bad inputs, before loading models

@@ -30,7 +30,7 @@ from data_pipelines.video.decode import VIDEO_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Reference", "ReferenceError", "References", "is_reference", "fit_length", "pose_track",
+__all__ = ["Reference", "ReferenceError", "References", "LockedFaces", "is_reference", "fit_length", "pose_track",
            "blink_track", "POSE_MODES"]
 
 POSE_MODES = ("relative", "absolute")
@@ -89,6 +89,22 @@ def blink_track(ratio: np.ndarray, control0_blink: float) -> np.ndarray:
     if r_open <= 1e-6:
         raise ReferenceError("the reference's eyes are never open (blink ratio ~0): cannot scale its blinks")
     return (np.float32(control0_blink) * ratio / np.float32(r_open)).astype(np.float32)
+
+
+class LockedFaces:
+    """Face models used under a lock (dlib's objects are not documented as thread-safe): host
+    workers describing a reference share them with the source crops."""
+
+    def __init__(self, faces, lock: threading.Lock):
+        self._faces, self._lock = faces, lock
+
+    def detect(self, img):
+        with self._lock:
+            return self._faces.detect(img)
+
+    def landmarks(self, img, box):
+        with self._lock:
+            return self._faces.landmarks(img, box)
 
 
 class References:
