@@ -639,14 +639,14 @@ class Pipeline:
         # expression window: the first call's argument structure (ExpressionWindows.iter_windows)
         exp0 = jnp.zeros((b, p.expression.exp_dim), f32)
         audio = jnp.zeros((b, p.expression_window, 80, 16), f32)
-        hold = jnp.zeros((b,), bool)
+        eye = jnp.full((b, p.expression_window), jnp.nan, f32)  # the eye control: generated everywhere
         if self.expr.two_stage:
             keys = jnp.stack([jax.random.key(i) for i in range(b)])
             k = jax.vmap(lambda kk: jax.random.fold_in(kk, 0))(keys)
             ctrl = jnp.zeros((b, p.expression.control_dim), f32)
         else:
             k, ctrl = None, None
-        args = (self.expr.state, audio, exp0, ctrl, k, hold)
+        args = (self.expr.state, audio, exp0, ctrl, k, eye)
         specs.append((f"pipeline/expression_b{b}", self.expr_fn.jitted, args))
         installs.append((self.expr_fn, args, specs[-1][0]))
         # motion windows (WindowSampler.__call__ / iter_windows)

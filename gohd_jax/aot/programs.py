@@ -277,24 +277,24 @@ class _Inference:
         state = _replicated(gen.state, self.mesh)
         audio = _rows(self.mesh, (b, L, *batches.MEL_WINDOW), jnp.float32)
         exp0 = _rows(self.mesh, (b, int(cfg.exp_dim)), jnp.float32)
-        hold = _rows(self.mesh, (b,), jnp.bool_)
+        eye = _rows(self.mesh, (b, L), jnp.float32)  # the given eye control per frame (NaN: generated)
         if gen.two_stage:
-            def window(state, audio, exp0, control0, key_data, hold):
+            def window(state, audio, exp0, control0, key_data, eye):
                 keys = jax.vmap(jax.random.wrap_key_data)(key_data)
-                return gen._window(state, audio, exp0, control0, keys, hold)
+                return gen._window(state, audio, exp0, control0, keys, eye)
 
             args = (state, audio, exp0, _rows(self.mesh, (b, int(cfg.control_dim)), jnp.float32),
-                    _key_data_spec(self.mesh, b), hold)
+                    _key_data_spec(self.mesh, b), eye)
         elif cfg.controls:
-            def window(state, audio, exp0, controls, hold):
-                return gen._window(state, audio, exp0, controls, None, hold)[0]
+            def window(state, audio, exp0, controls, eye):
+                return gen._window(state, audio, exp0, controls, None, eye)[0]
 
-            args = (state, audio, exp0, _rows(self.mesh, (b, L, int(cfg.controls)), jnp.float32), hold)
+            args = (state, audio, exp0, _rows(self.mesh, (b, L, int(cfg.controls)), jnp.float32), eye)
         else:
-            def window(state, audio, exp0, hold):
-                return gen._window(state, audio, exp0, None, None, hold)[0]
+            def window(state, audio, exp0, eye):
+                return gen._window(state, audio, exp0, None, None, eye)[0]
 
-            args = (state, audio, exp0, hold)
+            args = (state, audio, exp0, eye)
         return _built(window, args, b)
 
 
