@@ -140,6 +140,7 @@ def test_each_reference_control_changes_only_what_it_names(setup, tmp_path):
     assert not np.allclose(base["controls"][:, 0], want_eye, atol=1e-3)
 
 
+@pytest.mark.slow  # ~5 s on the tiny engine; make test keeps to its 10-minute budget
 def test_drive_takes_all_four_and_a_flag_overrides_one(setup, tmp_path):
     """--drive = pose, exp, gaze and blinks from one reference; --gaze B beside it takes gaze from
     B; a reference shorter than the clip plays ping-pong."""
@@ -258,6 +259,7 @@ def test_describe_a_real_clip_then_drive_with_it(tmp_path, estimator_files, tiny
     np.testing.assert_allclose(drive["gaze"], desc.gaze, atol=1e-5)
 
 
+@pytest.mark.slow  # ~10 s on the tiny engine; make test keeps to its 10-minute budget
 def test_silent_audio_renders_an_idle_clip(setup, tmp_path, capsys, tiny_bundle_dir):
     """Silence (zeros, or RMS below -60 dBFS) is not an error: the lips stay at the source's exp0;
     with blinks on, the expression moves only by the eye control's effect; pose and gaze are
@@ -302,6 +304,7 @@ def test_cli_silent_audio_exits_0_with_one_warning(tmp_path, capsys, caplog, tin
     assert caplog.text.count("rendering an idle clip") == 1
 
 
+@pytest.mark.slow  # ~8 s on the tiny engine; make test keeps to its 10-minute budget
 def test_emotion_keeps_the_audio_lips_and_adds_the_reference_residual(setup, tmp_path):
     """--emotion REF: exp = stage 1 of the clip's own audio + (REF's expression - stage 1 of REF's
     own audio from REF's first frame); pose and gaze untouched; scale 0 leaves stage 1's lips;
