@@ -104,6 +104,7 @@ def _drive(setup, d0=None, **values):
     return job, engine.drive([job], [engine.features(job)])[0]
 
 
+@pytest.mark.slow  # ~25 s with the tiny engine's set-up; make test keeps to its 10-minute budget
 def test_each_reference_control_changes_only_what_it_names(setup, tmp_path):
     """pose / exp / gaze / blink from a descriptor file, one at a time against the audio-driven
     clip (same seed): the renderer's descriptors change in the named field only, and that field
