@@ -290,6 +290,10 @@ class Animate:
         if not exp_model.two_stage and exp_model.cfg.controls and any(
                 isinstance(j.controls.blink, bool) and j.controls.blink for j in jobs):
             log.warning("the expression model is stage 1 only: blinks and brows are held at the source's")
+        if not exp_model.two_stage and not exp_model.cfg.controls and any(
+                not isinstance(j.controls.blink, bool) for j in jobs):
+            log.warning("this expression model reads no eye control (the released stage 1): a blink track has "
+                        "no effect; --exp REF takes the reference's whole expression, blinks included")
         # the eye control: NaN where generated, the source's where held, a reference's where given
         eye = np.full((len(jobs), t), np.nan, np.float32)
         for i, (j, n) in enumerate(zip(jobs, lengths)):
