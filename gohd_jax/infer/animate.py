@@ -313,9 +313,9 @@ class Animate:
                     ctrl[:, start:start + c.shape[1]] = c
         elif ctrl is not None:
             ctrl = None  # no clip generated controls
-        emo = [i for i, j in enumerate(jobs) if j.controls.emotion and not given_exp[i]]
-        if emo:
-            exp[emo] = self._with_emotion([jobs[i] for i in emo], [feats[i] for i in emo], t)
+        emo = np.array([bool(j.controls.emotion) and not g for j, g in zip(jobs, given_exp)])
+        if emo.any():
+            exp[emo] = self._with_emotion(jobs, feats, t)[emo]
         # silent clips are idle, unless an emotion reference drives them (its stage 1 of silence is
         # already the closed mouth)
         idle = np.array([j.controls.idle and not g and not j.controls.emotion for j, g in zip(jobs, given_exp)])
@@ -402,7 +402,8 @@ class Animate:
 
     def _with_emotion(self, jobs: Sequence[ClipJob], feats: Sequence[dict], t: int) -> np.ndarray:
         """[B,t,64]: each clip's stage-1 expression of its own audio + its references' weighted
-        residuals (fitted to its length: trimmed, or played forward and backward) x emotion_scale."""
+        residuals (fitted to its length: trimmed, or played forward and backward) x emotion_scale.
+        Stage 1 runs on the whole batch (one compiled shape whichever clips ask for emotion)."""
         from gohd_jax.infer.reference import fit_length
 
         lengths = [f["frames"] for f in feats]

@@ -37,7 +37,8 @@ examples:
 """
 
 MANIFEST_HELP = """a CSV with a header row: image,audio,out (required) and any of pose, gaze, blink, exp,
-drive, pose_scale, exp_scale, seed, source_descriptors (the same values as the flags; empty = the flag's;
+drive, emotion, pose_scale, exp_scale, seed, source_descriptors (the same values as the flags; empty =
+the flag's;
 relative paths are relative to the manifest's folder). Rows are streamed through host workers
 ahead of the device; rows whose out file exists are skipped (rerun the same command after a crash);
 one results line per row goes to jobs.results.jsonl"""
@@ -248,13 +249,10 @@ def control_values(args, row: dict | None = None) -> dict[str, str]:
     """Each control's value: the row's own column, the row's ``drive``, the flag, ``--drive``, the
     default, in that order (a manifest row's values beat the command line's)."""
     row = row or {}
-    out = {}
-    if row.get("emotion") or getattr(args, "emotion", None):  # emotion keeps the audio-driven lips
-        row = {"exp": row.get("exp") or getattr(args, "exp", None) or "audio", **{k: v for k, v in row.items()
-                                                                                 if k != "exp"}}
-    for name, default in CONTROL_DEFAULTS.items():
-        out[name] = (row.get(name) or row.get("drive") or getattr(args, name, None) or getattr(args, "drive", None)
-                     or default)
+    out = {name: row.get(name) or row.get("drive") or getattr(args, name, None) or getattr(args, "drive", None)
+           or default for name, default in CONTROL_DEFAULTS.items()}
+    if (row.get("emotion") or getattr(args, "emotion", None)) and not (row.get("exp") or getattr(args, "exp", None)):
+        out["exp"] = "audio"  # emotion keeps the audio-driven lips, whatever a drive reference gives
     return out
 
 
@@ -355,15 +353,15 @@ class _Context:
         self.references = References(faces, self.estimators, progress=progress)
 
 
-def load_inputs(image: str, audio: str) -> tuple[np.ndarray, np.ndarray]:
-    """(RGB uint8 image, 16 kHz speech), each checked; raises UsageError."""
+def load_inputs(image: str, audio: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(RGB uint8 image, 16 kHz speech or None without ``audio``), each checked; raises UsageError."""
     from gohd_jax.infer.source import InputError, load_image
 
     try:
         img = load_image(image)
     except InputError as e:
         raise UsageError(str(e)) from None
-    return img, load_speech(audio)
+    return img, load_speech(audio) if audio else None
 
 
 def make_job(ctx: _Context, name: str, img: np.ndarray, wav: np.ndarray, *, where: str, pose: str, gaze: str,
@@ -376,7 +374,7 @@ def make_job(ctx: _Context, name: str, img: np.ndarray, wav: np.ndarray, *, wher
     ("references": described or read, fitted to the clip's length)."""
     from PIL import Image
 
-    from gohd_jax.infer.animate import ClipJob, Controls
+    from gohd_jax.infer.animate import ClipJob, Controls, num_frames
     from gohd_jax.infer.source import InputError, prepare_source, source_descriptors
 
     times = {} if times is None else times
@@ -395,7 +393,7 @@ def make_job(ctx: _Context, name: str, img: np.ndarray, wav: np.ndarray, *, wher
         raise UsageError(str(e)) from None
     log.info("%s: face %s; source descriptors: %s", name, "found" if src.face_found else "NOT found", how)
     t0 = time.perf_counter()
-    values = _resolve_references(ctx, values, d0, c0, num_frames_of(wav), pose_mode)
+    values = _resolve_references(ctx, values, d0, c0, num_frames(len(wav)), pose_mode)
     times["references"] = time.perf_counter() - t0
     emotion_refs = _emotion_references(ctx, emotion, emotion_mix, values["exp"])
     controls = Controls(pose=values["pose"], gaze=values["gaze"], blink=values["blink"], exp=values["exp"],
@@ -440,12 +438,6 @@ def _emotion_references(ctx, value: str | None, mix: float, exp) -> tuple:
             log.info("emotion reference %s has no audio: its lips are taken as stage 1's silence", ref.path)
         out.append(EmotionRef(desc.exp, wav, float(weight), str(Path(ref.path).resolve())))
     return tuple(out)
-
-
-def num_frames_of(wav: np.ndarray) -> int:
-    from gohd_jax.infer.animate import num_frames
-
-    return num_frames(len(wav))
 
 
 def _resolve_references(ctx, values: dict, d0: np.ndarray, c0: np.ndarray, n: int, pose_mode: str) -> dict:
@@ -535,13 +527,7 @@ def cmd_animate(args) -> int:
     parse_pose(values["pose"]), parse_gaze(values["gaze"]), parse_blink(values["blink"]), parse_exp(values["exp"])
     emotion = parse_emotion(args.emotion, args.emotion_mix)
     _check_video_references(args, list(values.items()) + [("emotion", r.path) for r, _ in emotion])
-    from gohd_jax.infer.source import InputError, load_image
-
-    try:  # fail fast on bad inputs, before loading models
-        img = load_image(args.image)
-    except InputError as e:
-        raise UsageError(str(e)) from None
-    wav = load_speech(args.audio) if args.audio else None
+    img, wav = load_inputs(args.image, args.audio)  # fail fast on bad inputs, before loading models
     start_compile_cache(args)
     ctx = _Context(args)
     heard = f"the audio of {Path(args.audio).name}" if args.audio else ""

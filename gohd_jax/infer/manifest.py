@@ -56,9 +56,9 @@ CONTROL_COLUMNS = ("pose", "gaze", "blink", "exp", "drive")  # a value may be a 
 
 
 def _is_path(value: str) -> bool:
-    from data_pipelines.video.decode import VIDEO_EXTENSIONS
+    from gohd_jax.infer.reference import is_reference
 
-    return Path(value).suffix.lower() in VIDEO_EXTENSIONS + (".npy", ".npz")
+    return value.endswith(".npy") or is_reference(value)
 
 
 class ManifestError(ValueError):
