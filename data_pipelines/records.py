@@ -186,7 +186,7 @@ def write_dataset(out_dir: str | os.PathLike, num_items: int, make_clip: Callabl
     job = _EncodeJob(make_clip, jpeg_quality)
     pool = None
     if workers > 0 and items:
-        pool = multiprocessing.get_context("spawn").Pool(workers)
+        pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_quiet_worker)
         results = pool.imap(job, items, chunksize=1)
     else:
         results = map(job, items)
@@ -205,6 +205,14 @@ def write_dataset(out_dir: str | os.PathLike, num_items: int, make_clip: Callabl
             pool.terminate()
             pool.join()
     return _finish_manifest(root, names, plan, extra_skipped)
+
+
+def _quiet_worker() -> None:
+    """Pool workers leave Ctrl-C to the parent (which terminates them): a Ctrl-C reaches the whole
+    process group, and each worker would otherwise print its own KeyboardInterrupt traceback."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _write_shard(root: Path, name: str, compression: str, indices: range, results, bar) -> None:

@@ -101,6 +101,21 @@ def test_windows_share_one_frame_and_carry_the_previous_frame(alignment):
     np.testing.assert_array_equal(full[:, 16:31], chunks[2][1])
 
 
+def test_absolute_windows_keep_the_denoisers_values():
+    """Gaze (absolute, training alignment): index 0 is set to the known frame and the rest is the
+    denoiser's own output, not translated by index 0's error (which would drift window by window)."""
+    cfg, model = _model(channels=2)
+    lc, _ = _cond(cfg, 2, 16)
+    prev = jnp.asarray([[0.3, -0.2], [-0.1, 0.05]], jnp.float32)
+    spec = samplers.SamplerSpec("ddim", 3)
+    key = jax.random.key(4)
+    got = windowing.WindowSampler(model, spec=spec, residual=False, alignment="training")(lc, prev, key)
+    raw = windowing.WindowSampler(model, spec=spec, residual=False, alignment="release")(lc, prev, key)
+    np.testing.assert_allclose(got[:, 0], prev, atol=1e-7)
+    np.testing.assert_allclose(got[:, 1:], raw[:, 1:], atol=1e-6)  # release = the raw clamped output
+    assert float(jnp.abs(raw[:, 0] - prev).max()) > 1e-3  # so a translation would have moved the rest
+
+
 def test_long_audio_constant_device_memory():
     """Ten minutes of audio (15,000 frames) in 150-frame windows: live device bytes stay flat."""
     cfg, model = _model(channels=2)

@@ -422,3 +422,25 @@ def test_data_read_threads_and_workers_reach_the_grain_iterator(data_dir, tmp_pa
     cfg = _config(data_dir)
     Trainer(MouthRegressorTask(cfg), cfg, tmp_path / "u").data_iterator()
     assert seen["read_threads"] == 1
+
+
+def test_ema_warmup_keeps_a_short_runs_ema_off_the_initial_weights():
+    """configs/common.py ema_warmup: without it, decay 0.99 leaves 0.99**50 = 61% of the initial
+    weights in the EMA after 50 steps; with it the EMA follows the trained weights."""
+    from gohd_jax.train.state import TrainState, ema_decay_at, step_with_ema
+
+    def to_one(state, batch, key):  # a "training" that moves the weights from 0 to 1 at once
+        return state.replace(params={"m": jnp.ones(3)}), {}
+
+    def run(warmup: bool) -> float:
+        state = TrainState(step=jnp.zeros((), jnp.int32), params={"m": jnp.zeros(3)}, rest={}, opt={},
+                           ema={"m": jnp.zeros(3)}, rng=jax.random.key_data(jax.random.key(0)))
+        for _ in range(50):
+            state, _ = step_with_ema(to_one, state, None, 0.99, warmup)
+        return float(state.ema["m"][0])
+
+    assert run(False) == pytest.approx(1 - 0.99 ** 50, rel=1e-5)
+    assert run(True) > 0.98
+    assert float(ema_decay_at(1, 0.99, True)) == pytest.approx(2 / 11)
+    assert float(ema_decay_at(10_000, 0.999, True)) == pytest.approx(0.999)
+    assert float(ema_decay_at(1, 0.99, False)) == pytest.approx(0.99)

@@ -18,6 +18,11 @@ Two alignments of the window (``WindowSampler(alignment=...)``):
   notion of "first"), and without this the step into each window's first new frame was 2.7x the
   steps elsewhere on the tiny pose model; with it, 0.7x (BENCHMARKS.md). Holding index 0 at the
   known value during sampling (replacement inpainting) left a 2.3x jump, so the translation it is.
+  That holds for the residual target (pose). An absolute target (gaze) keeps the denoiser's values
+  and only sets index 0 to the known frame: translating it would carry each window's index-0
+  error into every later window, a random walk (in ``make demo`` the tiny gaze model's held-out
+  mean drifted to +0.18 rad against the data's -0.04, and its windows' Frechet distance was 4x
+  that of holding gaze0; without the translation it came below both baselines).
 
 Memory: the host loop moves one window's condition [B, L or L-1, Dl] to the devices and one window's
 result back, so device memory does not grow with the clip length; every window has the same
@@ -86,8 +91,10 @@ class WindowSampler:
             x0, z = samplers.draw_noise(key, n, (b, t, self.channels))
         x, _ = samplers.run_chain(model, x0, self.chain, z, cond, prev * self.data_scale)
         x = jnp.clip(x, -1.0, 1.0) / self.data_scale
-        if self.alignment == "training":  # index 0 is the shared frame: put it exactly on prev
-            x = x - x[:, :1] + (0.0 if self.residual else prev[:, None, :])
+        if self.alignment == "training":  # index 0 is the shared frame: it lands exactly on prev
+            if not self.residual:  # absolute (gaze): no translation, which would drift (module doc)
+                return x.at[:, 0].set(prev)
+            x = x - x[:, :1]
         return x + prev[:, None, :] if self.residual else x
 
     def __call__(self, cond: jax.Array, prev: jax.Array, key: jax.Array) -> jax.Array:

@@ -22,10 +22,16 @@ Definitions (pinned; every number in README/BENCHMARKS uses exactly these):
   channels (30-d); FD = |mu_a - mu_b|^2 + tr(C_a + C_b - 2 (C_a C_b)^(1/2)).
 * **Diversity** (``diversity``): the temporal std of each pose channel, averaged over channels
   and clips (rad / translation units).
+* **Gaze as a distribution** (``gaze_report``): the synthetic gaze does not depend on the audio
+  (fixations, most near the camera), so per-frame error cannot rank a faithful sampler above a
+  constant; what it must match is the distribution. Temporal std as ``diversity`` (rad); the
+  Frechet distance of ``gaze_window_features`` (the same 25-frame windows, stride 5, the gaze at
+  offsets 0, 5, 10, 15, 20, 24, absolute: 12-d, so both where the eyes rest and how they move
+  count) to the ground truth's; and the mean absolute error (rad), for reference.
 
 Baselines: ``still_baseline`` (pose0 held for the whole clip) and ``random_walk_baseline``
 (pose0 + cumulative Gaussian steps whose per-channel std matches the ground truth's frame-to-frame
-differences).
+differences); for gaze, ``still_baseline`` (hold gaze0) and looking into the camera (all zeros).
 """
 
 from __future__ import annotations
@@ -35,7 +41,8 @@ from scipy import linalg, ndimage, signal
 
 __all__ = ["SIGMA_FRAMES", "audio_beats", "motion_beats", "beat_alignment", "beat_alignment_set",
            "pose_window_features", "frechet_distance", "diversity", "still_baseline",
-           "random_walk_baseline", "motion_report"]
+           "random_walk_baseline", "motion_report", "gaze_window_features", "gaze_report",
+           "format_gaze_report"]
 
 SIGMA_FRAMES = 3.0
 WINDOW, STRIDE, OFFSETS = 25, 5, (5, 10, 15, 20, 24)
@@ -96,6 +103,41 @@ def pose_window_features(poses: np.ndarray) -> np.ndarray:
     if not feats:
         raise ValueError(f"clips of {poses.shape[1]} frames are shorter than the {WINDOW}-frame window")
     return np.stack(feats)
+
+
+def gaze_window_features(gaze: np.ndarray) -> np.ndarray:
+    """[num_windows, 12] features from gaze [N,T,2]: the gaze at offsets 0, 5, 10, 15, 20, 24 of
+    each 25-frame window (stride 5), absolute (see the module docstring)."""
+    gaze = np.asarray(gaze, np.float64)
+    at = [0, *OFFSETS]
+    feats = [g[s:s + WINDOW][at].reshape(-1) for g in gaze for s in range(0, g.shape[0] - WINDOW + 1, STRIDE)]
+    if not feats:
+        raise ValueError(f"clips of {gaze.shape[1]} frames are shorter than the {WINDOW}-frame window")
+    return np.stack(feats)
+
+
+def gaze_report(generated: np.ndarray, gt: np.ndarray) -> dict:
+    """{method: {std, fd, mae}} for the generated gaze, the ground truth, holding gaze0 and looking
+    into the camera; arrays [N,T,2] in radians (see the module docstring)."""
+    gt = np.asarray(gt, np.float64)
+    gt_feats = gaze_window_features(gt)
+    out = {}
+    for name, gaze in (("generated", generated), ("ground_truth", gt), ("hold_gaze0", still_baseline(gt)),
+                       ("camera", np.zeros_like(gt))):
+        gaze = np.asarray(gaze, np.float64)
+        out[name] = {"std": diversity(gaze), "fd": frechet_distance(gaze_window_features(gaze), gt_feats),
+                     "mae": float(np.abs(gaze - gt).mean())}
+    return out
+
+
+def format_gaze_report(report: dict) -> str:
+    """The ``gaze_report`` dict as an aligned text table."""
+    lines = [f"  {'method':14s} {'temporal std (rad)':>19s} {'Frechet distance (lower better)':>33s} "
+             f"{'mean |error| (rad)':>19s}"]
+    for name in ("generated", "hold_gaze0", "camera", "ground_truth"):
+        r = report[name]
+        lines.append(f"  {name:14s} {r['std']:19.3f} {r['fd']:33.5f} {r['mae']:19.3f}")
+    return "\n".join(lines)
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:

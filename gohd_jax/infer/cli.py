@@ -364,6 +364,24 @@ def load_inputs(image: str, audio: str | None) -> tuple[np.ndarray, np.ndarray |
     return img, load_speech(audio) if audio else None
 
 
+def clip_controls(references, values: dict, d0: np.ndarray, c0: np.ndarray, wav: np.ndarray, *,
+                  pose_mode: str = "relative", pose_scale: float = 1.0, exp_scale: float = 1.0,
+                  emotion: str | None = None, emotion_mix: float = 0.5, emotion_scale: float = 1.0):
+    """The clip's ``Controls`` from the control flags' string values (``values``: pose, gaze, blink,
+    exp, as ``control_values`` gives them), the source's descriptor0 [72] and control0 [21], and
+    its 16 kHz speech; ``references`` a ``reference.References`` (VIDEO / DESC.npz values are
+    described or read once there). Raises UsageError."""
+    from gohd_jax.infer.animate import Controls, num_frames
+
+    values = {"pose": parse_pose(values["pose"]), "gaze": parse_gaze(values["gaze"]),
+              "blink": parse_blink(values["blink"]), "exp": parse_exp(values["exp"])}
+    values = _resolve_references(references, values, d0, c0, num_frames(len(wav)), pose_mode)
+    emotion_refs = _emotion_references(references, emotion, emotion_mix, values["exp"])
+    return Controls(pose=values["pose"], gaze=values["gaze"], blink=values["blink"], exp=values["exp"],
+                    pose_scale=float(pose_scale), exp_scale=float(exp_scale), idle=is_silent(wav),
+                    emotion=emotion_refs, emotion_scale=float(emotion_scale))
+
+
 def make_job(ctx: _Context, name: str, img: np.ndarray, wav: np.ndarray, *, where: str, pose: str, gaze: str,
              blink: str, pose_scale: float, exp_scale: float, seed: int, descriptor_file: str | None,
              require_face: bool = False, times: dict | None = None, exp: str = "audio",
@@ -374,11 +392,12 @@ def make_job(ctx: _Context, name: str, img: np.ndarray, wav: np.ndarray, *, wher
     ("references": described or read, fitted to the clip's length)."""
     from PIL import Image
 
-    from gohd_jax.infer.animate import ClipJob, Controls, num_frames
+    from gohd_jax.infer.animate import ClipJob
     from gohd_jax.infer.source import InputError, prepare_source, source_descriptors
 
     times = {} if times is None else times
-    values = {"pose": parse_pose(pose), "gaze": parse_gaze(gaze), "blink": parse_blink(blink), "exp": parse_exp(exp)}
+    parse_pose(pose), parse_gaze(gaze), parse_blink(blink), parse_exp(exp)  # bad flags fail before the crop
+    values = {"pose": pose, "gaze": gaze, "blink": blink, "exp": exp}
     try:
         t0 = time.perf_counter()
         with ctx.face_lock:  # dlib's detector and predictor are not documented as thread-safe
@@ -393,12 +412,10 @@ def make_job(ctx: _Context, name: str, img: np.ndarray, wav: np.ndarray, *, wher
         raise UsageError(str(e)) from None
     log.info("%s: face %s; source descriptors: %s", name, "found" if src.face_found else "NOT found", how)
     t0 = time.perf_counter()
-    values = _resolve_references(ctx, values, d0, c0, num_frames(len(wav)), pose_mode)
+    controls = clip_controls(ctx.references, values, d0, c0, wav, pose_mode=pose_mode, pose_scale=pose_scale,
+                             exp_scale=exp_scale, emotion=emotion, emotion_mix=emotion_mix,
+                             emotion_scale=emotion_scale)
     times["references"] = time.perf_counter() - t0
-    emotion_refs = _emotion_references(ctx, emotion, emotion_mix, values["exp"])
-    controls = Controls(pose=values["pose"], gaze=values["gaze"], blink=values["blink"], exp=values["exp"],
-                        pose_scale=float(pose_scale), exp_scale=float(exp_scale), idle=is_silent(wav),
-                        emotion=emotion_refs, emotion_scale=float(emotion_scale))
     size = ctx.bundle.image_size
     crop = src.crop if size == src.crop.shape[0] else np.asarray(
         Image.fromarray(src.crop).resize((size, size), Image.BILINEAR))
@@ -419,7 +436,7 @@ def parse_emotion(value: str | None, mix: float) -> list[tuple[object, float]]:
     return [(refs[0], 1.0)] if len(refs) == 1 else [(refs[0], 1.0 - mix), (refs[1], mix)]
 
 
-def _emotion_references(ctx, value: str | None, mix: float, exp) -> tuple:
+def _emotion_references(references, value: str | None, mix: float, exp) -> tuple:
     from gohd_jax.infer.animate import EmotionRef
     from gohd_jax.infer.reference import ReferenceError
 
@@ -430,7 +447,7 @@ def _emotion_references(ctx, value: str | None, mix: float, exp) -> tuple:
     out = []
     for ref, weight in pairs:
         try:
-            desc = ctx.references.get(ref)
+            desc = references.get(ref)
         except ReferenceError as e:
             raise UsageError(f"--emotion: {e}") from None
         wav = desc.audio if len(desc.audio) >= 640 else None
@@ -440,7 +457,7 @@ def _emotion_references(ctx, value: str | None, mix: float, exp) -> tuple:
     return tuple(out)
 
 
-def _resolve_references(ctx, values: dict, d0: np.ndarray, c0: np.ndarray, n: int, pose_mode: str) -> dict:
+def _resolve_references(references, values: dict, d0: np.ndarray, c0: np.ndarray, n: int, pose_mode: str) -> dict:
     """Controls given as references -> per-frame arrays of the clip's n frames
     (``gohd_jax/infer/reference.py``)."""
     from gohd_jax.infer import reference as R
@@ -450,7 +467,7 @@ def _resolve_references(ctx, values: dict, d0: np.ndarray, c0: np.ndarray, n: in
         if not isinstance(value, R.Reference):
             continue
         try:
-            desc = ctx.references.get(value)
+            desc = references.get(value)
             what = f"the {name} reference {Path(value.path).name}"
             if name == "pose":
                 out[name] = R.pose_track(R.fit_length(desc.pose, n, what), d0[64:70], pose_mode)
@@ -506,6 +523,40 @@ def _animate_one(engine, job, out):
     return drives, times
 
 
+@dataclasses.dataclass
+class SingleClip:
+    """One ``gohd animate --image/--audio`` clip, ready to render: the context (bundle, face models,
+    references), the job, how its source descriptors were obtained, and what it hears."""
+    ctx: _Context
+    job: object
+    how: str
+    heard: str
+
+
+def prepare_single(args, *, progress: bool = True) -> SingleClip:
+    """Checks the single-clip flags of ``args`` (from ``build_parser``) and builds the clip's job;
+    raises UsageError. ``make demo`` renders through this too."""
+    needed = ("image", "audio") if not args.drive else ("image",)  # --drive: the reference's audio
+    missing = [f"--{n}" for n in needed if not getattr(args, n)]
+    if missing:
+        raise UsageError(f"missing {', '.join(missing)} (or give --manifest jobs.csv)")
+    values = control_values(args)
+    parse_pose(values["pose"]), parse_gaze(values["gaze"]), parse_blink(values["blink"]), parse_exp(values["exp"])
+    emotion = parse_emotion(args.emotion, args.emotion_mix)
+    _check_video_references(args, list(values.items()) + [("emotion", r.path) for r, _ in emotion])
+    img, wav = load_inputs(args.image, args.audio)  # fail fast on bad inputs, before loading models
+    ctx = _Context(args, progress=progress)
+    heard = f"the audio of {Path(args.audio).name}" if args.audio else ""
+    if wav is None:
+        wav, heard = _reference_audio(ctx, args.drive)
+    name = Path(args.out).stem if args.out else Path(args.image).stem
+    job, how = make_job(ctx, name, img, wav, where=args.image, **values, pose_mode=args.pose_mode,
+                        pose_scale=args.pose_scale, exp_scale=args.exp_scale, seed=args.seed,
+                        descriptor_file=args.source_descriptors, emotion=args.emotion,
+                        emotion_mix=args.emotion_mix, emotion_scale=args.emotion_scale)
+    return SingleClip(ctx, job, how, heard)
+
+
 def cmd_animate(args) -> int:
     from gohd_jax.infer.animate import Animate, Sampling
 
@@ -523,30 +574,19 @@ def cmd_animate(args) -> int:
     if missing:
         raise UsageError(f"missing {', '.join(missing)} (or give --manifest jobs.csv)")
     out = check_out(args.out)
-    values = control_values(args)
-    parse_pose(values["pose"]), parse_gaze(values["gaze"]), parse_blink(values["blink"]), parse_exp(values["exp"])
-    emotion = parse_emotion(args.emotion, args.emotion_mix)
-    _check_video_references(args, list(values.items()) + [("emotion", r.path) for r, _ in emotion])
-    img, wav = load_inputs(args.image, args.audio)  # fail fast on bad inputs, before loading models
     start_compile_cache(args)
-    ctx = _Context(args)
-    heard = f"the audio of {Path(args.audio).name}" if args.audio else ""
-    if wav is None:
-        wav, heard = _reference_audio(ctx, args.drive)
-    job, how = make_job(ctx, out.stem, img, wav, where=args.image, **values, pose_mode=args.pose_mode,
-                        pose_scale=args.pose_scale, exp_scale=args.exp_scale, seed=args.seed,
-                        descriptor_file=args.source_descriptors, emotion=args.emotion,
-                        emotion_mix=args.emotion_mix, emotion_scale=args.emotion_scale)
+    clip = prepare_single(args)
     t0 = time.perf_counter()
-    engine = Animate(ctx.bundle, sampling=Sampling(args.sampler, args.steps), render_batch=args.render_batch,
+    engine = Animate(clip.ctx.bundle, sampling=Sampling(args.sampler, args.steps), render_batch=args.render_batch,
                      precision=args.precision)
     setup = time.perf_counter() - t0  # the engine (its one QR of the motion directions)
-    drives, times = _animate_one(engine, job, out)
+    drives, times = _animate_one(engine, clip.job, out)
     dt = time.perf_counter() - t0
     n = len(drives[0]["descriptors"])
     first = setup + times.first_frame_s
-    print(f"wrote {out}: {n} frames ({n / 25:.2f} s) at {ctx.bundle.image_size}x{ctx.bundle.image_size}, "
-          f"with {heard}; source descriptors: {how}; {engine.policy.compute}; {dt:.1f} s "
+    size = clip.ctx.bundle.image_size
+    print(f"wrote {out}: {n} frames ({n / 25:.2f} s of video) at {size}x{size}, with {clip.heard}; source "
+          f"descriptors: {clip.how}; {engine.policy.compute}; rendered in {dt:.1f} s "
           f"({n / dt:.1f} frames/s; first frame after {first:.1f} s)")
     return 0
 

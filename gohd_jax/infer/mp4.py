@@ -24,14 +24,18 @@ SAMPLES_PER_FRAME = SAMPLE_RATE // FPS
 
 
 class Mp4Writer:
-    def __init__(self, path: str | Path, size: int, *, audio: np.ndarray | None = None, crf: int = 18):
+    """``size``: the frame side in pixels, or (height, width) for non-square frames (both even)."""
+
+    def __init__(self, path: str | Path, size: int | tuple[int, int], *, audio: np.ndarray | None = None,
+                 crf: int = 18):
         import av
 
         self.path = Path(path)
         self.partial = self.path.with_name(self.path.name + ".partial")
         self._out = av.open(str(self.partial), "w", format="mp4")
         self._v = self._out.add_stream("libx264", rate=FPS)
-        self._v.width = self._v.height = int(size)
+        height, width = (size, size) if np.isscalar(size) else size
+        self._v.width, self._v.height = int(width), int(height)
         self._v.pix_fmt = "yuv420p"
         self._v.options = {"crf": str(int(crf)), "preset": "veryfast"}
         self._a = None

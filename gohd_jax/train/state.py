@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
@@ -33,14 +34,24 @@ class TrainState:
         return jax.random.fold_in(jax.random.wrap_key_data(self.rng), self.step)
 
 
-def step_with_ema(task_step, state: TrainState, batch, ema_decay: float):
+def ema_decay_at(step, ema_decay: float, warmup: bool):
+    """The EMA decay applied at (1-based) ``step``: ``ema_decay``, or with ``warmup``
+    min(ema_decay, (1 + step) / (10 + step)) (``configs/common.py``: ema_warmup)."""
+    if not warmup:
+        return jnp.float32(ema_decay)
+    t = jnp.asarray(step, jnp.float32)
+    return jnp.minimum(jnp.float32(ema_decay), (1.0 + t) / (10.0 + t))
+
+
+def step_with_ema(task_step, state: TrainState, batch, ema_decay: float, ema_warmup: bool = False):
     """The trainer's step around a task's pure step ``task_step(state, batch, key)``: the step's
-    key from the state, the step counter + 1, and the EMA (``ema_decay``) of the models the
-    state keeps one of. Returns (new state, metrics)."""
+    key from the state, the step counter + 1, and the EMA (``ema_decay``, warmed up with
+    ``ema_warmup``: ``ema_decay_at``) of the models the state keeps one of. Returns (new state,
+    metrics)."""
     new, metrics = task_step(state, batch, state.step_key())
     new = new.replace(step=state.step + 1)
     if new.ema:
-        d = ema_decay
+        d = ema_decay_at(new.step, ema_decay, ema_warmup)
         new = new.replace(ema={n: jax.tree_util.tree_map(lambda e, p: d * e + (1 - d) * p, e_, new.params[n])
                                for n, e_ in new.ema.items()})
     return new, metrics

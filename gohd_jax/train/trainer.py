@@ -83,6 +83,7 @@ class Trainer:
         graphdefs = {n: nnx.split(m)[0] for n, m in abstract_models.items()}
         self.ctx = StepContext(graphdefs=graphdefs, optimizers=task.optimizers())
         self.ema_decay = float(config.get("ema_decay", 0.0))
+        self.ema_warmup = bool(config.get("ema_warmup", False))
         rules = tuple(tuple(r) for r in config.get("sharding_rules", ((".*", "fsdp"),)))
         self._rng = jax.random.key_data(jax.random.key(int(config.seed)))
         abstract = jax.eval_shape(self._init, self._rng, task.pretrained)
@@ -128,7 +129,7 @@ class Trainer:
 
     def _step(self, state: TrainState, batch) -> tuple[TrainState, dict]:
         return step_with_ema(lambda s, b, k: self.task.train_step(self.ctx, s, b, k), state, batch,
-                             self.ema_decay)
+                             self.ema_decay, self.ema_warmup)
 
     # ------------------------------------------------------------------ state
 
