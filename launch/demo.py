@@ -102,8 +102,9 @@ CLOCK = _Clock()
 def _stop_message(stopped: Stopped, workdir: Path) -> str:
     return (f"\nStopped by {stopped.signal_name} after {CLOCK.elapsed()} (min:s), during: {CLOCK.stage}. "
             f"The partial work is in {workdir}/: the dataset's finished shards, every finished training, "
-            f"and a checkpoint of an interrupted one (saved when the signal came between steps). "
-            f"Run the same command again (make demo) to resume: finished work is reused.")
+            f"and the last checkpoint of the one it interrupted (SIGTERM between steps saves one at the "
+            f"stop; otherwise one is kept every quarter of a run). Run the same command again (make demo) "
+            f"to resume: finished work is reused.")
 
 
 class _StepLines(logging.Handler):
@@ -141,7 +142,8 @@ def _train_expression_stage(variant: str, data_dir: Path, run_dir: Path, steps: 
 
     cfg = expression.get_config(variant)
     cfg.data.dir = str(data_dir)
-    cfg.update(num_steps=steps, log_every=max(50, steps // 4), eval_every=steps, checkpoint_every=steps)
+    cfg.update(num_steps=steps, log_every=max(50, steps // 4), eval_every=steps,
+               checkpoint_every=max(100, steps // 4))  # a stop loses at most a quarter
     if variant == "stage1_tiny":
         cfg.batch_size = 8  # the demo's budget; the config's 16 learns the same per example
     for k, v in task.items():
@@ -158,7 +160,7 @@ def _train_animator(data_dir: Path, run_dir: Path, steps: int):
     cfg = animator.get_config("tiny")
     cfg.data.dir = str(data_dir)
     cfg.update(num_steps=steps, log_every=max(50, steps // 4), eval_every=steps, eval_steps=4,
-               checkpoint_every=steps)
+               checkpoint_every=max(100, steps // 4))  # a stop loses at most a quarter of the run
     trainer = Trainer(AnimatorTask(cfg), cfg, run_dir)
     return _train(trainer), trainer
 
@@ -171,7 +173,8 @@ def _train_motion(data_dir: Path, run_dir: Path, target: str, steps: int):
 
     cfg = motion.get_config(f"{target}_tiny")
     cfg.data.dir = str(data_dir)
-    cfg.update(num_steps=steps, log_every=max(50, steps // 4), eval_every=steps, checkpoint_every=steps)
+    cfg.update(num_steps=steps, log_every=max(50, steps // 4), eval_every=steps,
+               checkpoint_every=max(100, steps // 4))  # a stop loses at most a quarter
     trainer = Trainer(MotionDiffusionTask(cfg), cfg, run_dir)
     return _train(trainer), trainer
 

@@ -130,14 +130,19 @@ def gaze_report(generated: np.ndarray, gt: np.ndarray) -> dict:
     return out
 
 
+def _table(report: dict, rows: tuple[str, ...], columns: tuple[tuple[str, str, int, int], ...]) -> str:
+    """Aligned text: one line per method in ``rows``; ``columns`` = (key, header, width, decimals)."""
+    lines = ["  " + f"{'method':14s} " + " ".join(f"{h:>{w}s}" for _, h, w, _ in columns)]
+    for name in rows:
+        lines.append(f"  {name:14s} " + " ".join(f"{report[name][k]:{w}.{d}f}" for k, _, w, d in columns))
+    return "\n".join(lines)
+
+
 def format_gaze_report(report: dict) -> str:
     """The ``gaze_report`` dict as an aligned text table."""
-    lines = [f"  {'method':14s} {'temporal std (rad)':>19s} {'Frechet distance (lower better)':>33s} "
-             f"{'mean |error| (rad)':>19s}"]
-    for name in ("generated", "hold_gaze0", "camera", "ground_truth"):
-        r = report[name]
-        lines.append(f"  {name:14s} {r['std']:19.3f} {r['fd']:33.5f} {r['mae']:19.3f}")
-    return "\n".join(lines)
+    return _table(report, ("generated", "hold_gaze0", "camera", "ground_truth"),
+                  (("std", "temporal std (rad)", 19, 3), ("fd", "Frechet distance (lower better)", 33, 5),
+                   ("mae", "mean |error| (rad)", 19, 3)))
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -229,9 +234,6 @@ def generate_motion(model, cond: np.ndarray, first: np.ndarray, *, residual: boo
 
 def format_report(report: dict) -> str:
     """The ``motion_report`` dict as an aligned text table."""
-    lines = [f"  {'method':14s} {'beat alignment (higher better)':>31s} {'Frechet distance (lower better)':>33s} "
-             f"{'diversity':>10s}"]
-    for name in ("generated", "still", "random_walk", "ground_truth"):
-        r = report[name]
-        lines.append(f"  {name:14s} {r['bas']:31.3f} {r['fd']:33.5f} {r['diversity']:10.4f}")
-    return "\n".join(lines)
+    return _table(report, ("generated", "still", "random_walk", "ground_truth"),
+                  (("bas", "beat alignment (higher better)", 31, 3), ("fd", "Frechet distance (lower better)", 33, 5),
+                   ("diversity", "diversity", 10, 4)))
