@@ -111,13 +111,14 @@ PEAK_BF16 = (("h100 pcie", 756e12), ("h100 nvl", 835e12), ("gh200", 989e12), ("h
              ("h100", 989e12), ("a100", 312e12))
 
 # configs/animator.py:official (LIA): Adam(b1=0), G lr 0.002 * 4/5, D lr 0.002 * 16/17,
-# beta2 = 0.99 ** (the same ratios); EMA 0.999; loss weights; the GAN from step 0.
+# beta2 = 0.99 ** (the same ratios); EMA 0.999 with configs/common.py's warm-up; loss weights;
+# the GAN from step 0.
 ANIMATOR_OFFICIAL = {"g_lr": 0.002 * 4 / 5, "d_lr": 0.002 * 16 / 17, "g_beta2": 0.99 ** (4 / 5),
-                     "d_beta2": 0.99 ** (16 / 17), "ema_decay": 0.999, "gan_start_step": 0,
+                     "d_beta2": 0.99 ** (16 / 17), "ema_decay": 0.999, "ema_warmup": True, "gan_start_step": 0,
                      "loss": {"l1": 1.0, "vgg": 1.0, "ms_ssim": 1.0, "gradient": 1.0, "gan": 1.0,
                               "changed": 0.0}}
 # configs/motion.py:pose: Adam 6e-4, no clipping, EMA 0.999, data_scale 1, no cond dropout.
-DENOISER_OFFICIAL = {"learning_rate": 6e-4, "ema_decay": 0.999}
+DENOISER_OFFICIAL = {"learning_rate": 6e-4, "ema_decay": 0.999, "ema_warmup": True}
 
 
 # ======================================================================================== plan
@@ -833,10 +834,10 @@ class TaskConfig(dict):
             raise AttributeError(name) from e
 
 
-def task_step(task, ctx: StepContext, ema_decay: float) -> Callable:
+def task_step(task, ctx: StepContext, ema_decay: float, ema_warmup: bool = True) -> Callable:
     """The trainer's step (``state.step_with_ema``) around the task's own ``train_step``."""
     return lambda state, batch: step_with_ema(lambda s, b, k: task.train_step(ctx, s, b, k), state,
-                                              batch, ema_decay)
+                                              batch, ema_decay, ema_warmup)
 
 
 def animator_task(h: dict):
@@ -869,7 +870,7 @@ def make_animator_step(models: dict, policy: policy_lib.Policy, hyper: dict = AN
     task = animator_task(hyper)
     ctx = StepContext(graphdefs={n: nnx.split(m)[0] for n, m in views.items()},
                       optimizers=task.optimizers())
-    step = task_step(task, ctx, hyper["ema_decay"])
+    step = task_step(task, ctx, hyper["ema_decay"], hyper.get("ema_warmup", True))
     return jax.jit(step, donate_argnums=0), ctx
 
 
@@ -997,7 +998,8 @@ def section_train_denoiser(plan: Plan, progs: Programs, info: dict, models: dict
         if remat not in made:
             view = policy_lib.with_policy(model, policy_lib.Policy(compute="bfloat16", remat=remat, platform=plat))
             ctx = StepContext(graphdefs={"denoiser": nnx.split(view)[0]}, optimizers=opts)
-            made[remat] = jax.jit(task_step(denoiser_task(h), ctx, h["ema_decay"]), donate_argnums=0)
+            made[remat] = jax.jit(task_step(denoiser_task(h), ctx, h["ema_decay"], h.get("ema_warmup", True)),
+                                  donate_argnums=0)
         return made[remat]
 
     b, w = plan.denoiser_batch, plan.denoiser_window

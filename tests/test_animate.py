@@ -439,6 +439,7 @@ def test_wrong_kind_of_training_run_is_refused(tmp_path):
         load_bundle(tmp_path)
 
 
+@pytest.mark.slow  # ~30 s of a worker; CI runs it after make test (10-minute budget)
 def test_manifest_mode_batches_and_reports_failures(tmp_path, bundle_dir, capsys):
     img = tmp_path / "face.png"
     Image.fromarray(np.full((80, 80, 3), 100, np.uint8)).save(img)

@@ -32,6 +32,7 @@ def _config(data_dir, **kw):
     return c
 
 
+@pytest.mark.slow  # ~65 s of a worker (compiles on a 2x2 mesh); CI runs it after make test (10-minute budget)
 def test_gan_training_runs_and_reconstruction_improves(synth64, tmp_path):
     cfg = _config(synth64, num_steps=8, log_every=4, eval_every=8, checkpoint_every=8)
     cfg.task.gan_start_step = 4  # the adversarial terms join after a short warm-up

@@ -204,6 +204,7 @@ def test_bad_rows_fail_alone_with_their_reason(tmp_path, bundle_dir, capsys, mon
                for r in _results(tmp_path / "face.jsonl"))
 
 
+@pytest.mark.slow  # ~35 s of a worker; CI runs it after make test (10-minute budget)
 def test_reruns_skip_complete_outputs_and_overwrite_redoes_them(tmp_path, bundle_dir, capsys):
     """A rerun renders only rows whose output is missing (a stale .partial from a kill is not an
     output); --overwrite renders every row; the first clip is written before the last row is read

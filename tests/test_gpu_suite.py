@@ -140,7 +140,8 @@ def test_animator_train_step_matches_the_trainer(tmp_path):
     task = AnimatorTask(cfg)
     trainer = Trainer(task, cfg, tmp_path, mesh=make_mesh(1, 1, devices=jax.devices()[:1]))
     hyper = {k: float(cfg.task[k]) for k in ("g_lr", "d_lr", "g_beta2", "d_beta2")}
-    hyper.update(ema_decay=float(cfg.ema_decay), gan_start_step=int(cfg.task.gan_start_step),
+    hyper.update(ema_decay=float(cfg.ema_decay), ema_warmup=bool(cfg.ema_warmup),
+                 gan_start_step=int(cfg.task.gan_start_step),
                  loss={k: float(v) for k, v in cfg.task.loss.items()})
     models = nnx.eval_shape(lambda: task.create_models(nnx.Rngs(0)))
     step, _ = gpu_suite.make_animator_step(models, trainer.policy, hyper)
