@@ -54,6 +54,7 @@ def _run_child(native: bool, sig: int) -> tuple[int, str, str, float]:
     p = subprocess.Popen([sys.executable, "-c", CHILD.format(root=str(ROOT), native=native)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "ready"
+    time.sleep(1.0)  # let the child reach its sleep: a signal before it would run the handler in Python
     t0 = time.perf_counter()
     p.send_signal(sig)
     out, err = p.communicate(timeout=20)
