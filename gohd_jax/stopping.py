@@ -11,7 +11,7 @@ Orbax and the dataset writers only publish complete files.
 
 A training loop inside the block may install its own SIGTERM handler (``Trainer`` does: it
 saves a preemption checkpoint at the end of the step and returns ``status="preempted"``); the
-caller then calls ``raise_if_stopped`` or raises ``Stopped`` from that status.
+caller then raises ``Stopped`` from that status.
 
     with StopOnSignal(on_stop=lambda s: print(f"stopped by {s.signal_name}")) as stop:
         ...  # raises Stopped on SIGTERM / SIGINT
@@ -59,7 +59,6 @@ class StopOnSignal:
     def __init__(self, on_stop: Callable[[Stopped], None], grace_s: float = 8.0):
         self.on_stop = on_stop
         self.grace_s = grace_s
-        self.received: int | None = None
         self._finished = threading.Event()
         self._old: dict[int, object] = {}
         self._old_wakeup = -1
@@ -67,12 +66,7 @@ class StopOnSignal:
 
     # -- main thread --------------------------------------------------------------------------
     def _handler(self, signum, frame):
-        self.received = signum
         raise Stopped(signum)
-
-    def raise_if_stopped(self) -> None:
-        if self.received is not None:
-            raise Stopped(self.received)
 
     def __enter__(self) -> "StopOnSignal":
         if threading.current_thread() is not threading.main_thread():
