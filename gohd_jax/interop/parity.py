@@ -191,6 +191,12 @@ declare("l2cs", "networks/L2CS.py: L2CS gaze estimator + get_gaze_params",
         ("img_input", "face_boxes", "decode_test_logits_first", "decode_test_logits_second"))
 declare("deep3d_recon", "Deep3DFaceRecon_pytorch ReconNetWrapper (coefficient regressor)",
         ("img_input",))
+# The papers' metric networks (gohd-eval).
+declare("syncnet", "syncnet_python SyncNetModel.S + SyncNetInstance.evaluate (LSE-C/D)",
+        ("aud_input", "lip_input", "window_index", "lse_video", "lse_audio", "lse_clip_start_frame"))
+declare("fid_inception", "pytorch-fid InceptionV3 (FID features) + calculate_frechet_distance",
+        ("img_input", "fd_act1", "fd_act2", "fd_small_act1", "fd_small_act2"))
+declare("arcface", "insightface arcface_torch iresnet (CSIM embeddings)", ("img_input",))
 declare("audio_features", "inference.py read_audio + audio.py + AudioConfig.py (no weights)",
         ("wav_16k",), needs_weights=False)
 
@@ -224,7 +230,10 @@ for _kind, _module, _function in (
         ("audio2exp", "expression_weights", "parity_audio2exp"),
         ("audio2exp_twostage", "expression_weights", "parity_audio2exp_twostage"),
         ("deep3d_recon", "estimator_weights", "parity_deep3d_recon"),
-        ("l2cs", "estimator_weights", "parity_l2cs")):
+        ("l2cs", "estimator_weights", "parity_l2cs"),
+        ("syncnet", "syncnet_v2_weights", "parity_syncnet"),
+        ("fid_inception", "inception_weights", "parity_fid_inception"),
+        ("arcface", "arcface_weights", "parity_arcface")):
     register(_kind)(_lazy_checker(_module, _function))
 
 
@@ -238,6 +247,9 @@ _MODULES = {
     "networks.L2CS.L2CS": "l2cs",
     "Deep3DFaceRecon_pytorch.models.networks.L2CS": "l2cs",
     "Deep3DFaceRecon_pytorch.models.networks.ReconNetWrapper": "deep3d_recon",
+    "SyncNetModel.py:": "syncnet",
+    "pytorch_fid.inception.fid_inception_v3": "fid_inception",
+    "recognition/arcface_torch/backbones/iresnet.py:": "arcface",
 }
 # Weight-less kinds, recognised by the io.npz names they must hold.
 _WEIGHTLESS_SIGNATURES = {"audio_features": {"wav_16k"}}
