@@ -87,34 +87,53 @@ def _interpolate(values: np.ndarray, known: np.ndarray) -> np.ndarray:
     return np.stack([np.interp(t, t[known], values[known, j]) for j in range(values.shape[1])], axis=1)
 
 
-def track_face(frames: np.ndarray, faces, *, detect_every: int = 5, detect_size: int = 640) -> FaceTrack:
-    """The face of every frame of ``frames`` [T,H,W,3] (``faces``: ``data_pipelines.video.faces
-    .FaceModels``)."""
+MIN_DETECT_SIDE = 256  # smaller frames are enlarged for dlib (its HOG finds faces of ~80 px and up)
+
+
+def _for_detection(frame: np.ndarray, detect_size: int) -> tuple[np.ndarray, float]:
+    """The frame at the size the detector sees (at most ``detect_size``, at least 256 px on its
+    longer side) and that size over the frame's."""
+    from PIL import Image
+
     from data_pipelines.video.faces import shrink
 
+    h, w = frame.shape[:2]
+    if max(h, w) >= MIN_DETECT_SIDE:
+        return shrink(frame, detect_size)
+    scale = MIN_DETECT_SIDE / max(h, w)
+    size = (round(w * scale), round(h * scale))
+    return np.asarray(Image.fromarray(frame).resize(size, Image.BILINEAR)), scale
+
+
+def track_face(frames: np.ndarray, faces, *, detect_every: int = 5, detect_size: int = 640) -> FaceTrack:
+    """The face of every frame of ``frames`` [T,H,W,3] (``faces``: ``data_pipelines.video.faces
+    .FaceModels``). Frames under 256 px (e.g. a 64 px ``gohd animate`` output) are enlarged
+    (bilinear) for the detector and the landmarks; boxes and points are in the frame's pixels."""
     t = len(frames)
     boxes = np.zeros((t, 4))
     detected = np.zeros(t, bool)
-    for i in range(0, t, max(1, detect_every)):
-        small, scale = shrink(frames[i], detect_size)
+    every = max(1, detect_every)
+    for i in list(range(0, t, every)) + [None] + [i for i in range(t) if i % every]:
+        if i is None:  # the sampled frames found nothing: try the others, up to the first face
+            if detected.any():
+                break
+            continue
+        small, scale = _for_detection(frames[i], detect_size)
         box = faces.detect(small)
         if box is not None:
-            boxes[i] = np.asarray(box) / scale
-            detected[i] = True
-    if not detected.any():
-        # a last try on every frame before giving up (a face that shows only between the samples)
-        for i in range(t):
-            if i % max(1, detect_every) == 0:
-                continue
-            small, scale = shrink(frames[i], detect_size)
-            box = faces.detect(small)
-            if box is not None:
-                boxes[i], detected[i] = np.asarray(box) / scale, True
+            boxes[i], detected[i] = np.asarray(box) / scale, True
+            if not i % every == 0:
                 break
     if not detected.any():
         raise NoFace(f"no face found in {t} frames")
     boxes = _interpolate(boxes, detected)
-    landmarks = np.stack([faces.landmarks(f, b) for f, b in zip(frames, boxes)]).astype(np.float32)
+    landmarks = np.empty((t, 68, 2), np.float32)
+    for i, (frame, box) in enumerate(zip(frames, boxes)):
+        if max(frame.shape[:2]) >= MIN_DETECT_SIDE:
+            landmarks[i] = faces.landmarks(frame, box)
+        else:
+            big, scale = _for_detection(frame, detect_size)
+            landmarks[i] = faces.landmarks(big, box * scale) / scale
     return FaceTrack(boxes, landmarks, detected)
 
 

@@ -1,7 +1,7 @@
 """CSIM: identity similarity between a source face and generated frames, with ArcFace.
 
 Protocol (as talking-head papers compute it with insightface; see
-``/work/shared/research/eval_metrics.md`` §1.4):
+``research/eval_metrics.md`` §1.4 of the shared folder):
 
 1. **Five points per face**, in insightface's order as seen in the image: left eye centre, right
    eye centre, nose tip, left mouth corner, right mouth corner (pixels, (x, y)). From a detector
