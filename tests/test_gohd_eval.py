@@ -176,3 +176,44 @@ def test_drift_table_for_a_clip_over_a_minute(tmp_path, capsys, weights):
     bright = [d["brightness"] for d in drift]
     assert max(bright) - min(bright) < 1.0
     assert "## Drift" in (tmp_path / "eval" / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_descriptor_metrics_measure_the_clips_as_gohd_describe_does(tmp_path, capsys):
+    """--deep3d --l2cs: a 1.2 s cut of a real clip against itself: E-FID, P-FID and the pose FD are 0,
+    the generated side equals the real side, and the per-clip numbers are those of the clip's
+    ``gohd describe`` descriptors."""
+    from data_pipelines.video.describe import describe_video
+    from data_pipelines.video.estimate import Estimators
+    from data_pipelines.video.faces import FaceModels
+    from gohd_jax.eval import clips as clip_io
+    from gohd_jax.eval.descriptor_metrics import clip_motion
+    from gohd_jax.interop import oracle_weights as ow
+
+    files = {}
+    for oracle, name in (("deep3d_recon", "epoch_20.npz"), ("l2cs", "l2cs.npz")):
+        man = ow.load_manifest(require_shared("reference", oracle, "manifest.json"))
+        files[oracle] = tmp_path / name
+        np.savez(files[oracle], **ow.make_state_dict(man, ow.manifest_seed(man)))
+    lm3d = require_shared("assets", "deep3d", "BFM", "similarity_Lm3D_all.mat")
+    video = sorted(require_shared("assets", "gohd_examples", "driving_videos").glob("*.mp4"))[0]
+    clip = clip_io.read_clip(video, max_frames=30)
+    (tmp_path / "gen").mkdir()
+    _write_video(tmp_path / "gen" / "cut.mp4", clip.frames, clip.audio)
+    code, out, err = _run(capsys, "--generated", tmp_path / "gen", "--real", tmp_path / "gen", "--deep3d",
+                          files["deep3d_recon"], "--l2cs", files["l2cs"], "--lm3d", lm3d, "--detect-every", 1,
+                          "--out", tmp_path / "eval")
+    assert code == 0, err
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    s = report["summary"]
+    for key in ("e_fid", "p_fid", "pose_fd"):
+        assert abs(s[key]) < 1e-6, (key, s[key])
+    for key in ("pose_diversity", "blink_rate", "gaze_std", "bas"):
+        assert s[key] == s["real_" + key]
+    assert "| generated | " in out and "| real | " in out
+    (row,) = report["clips"]
+    est = Estimators.from_files(files["deep3d_recon"], files["l2cs"], lm3d, batch_size=8)
+    desc = describe_video(tmp_path / "gen" / "cut.mp4", FaceModels(), est)
+    expect = clip_motion(desc.descriptors, desc.controls, desc.audio)
+    for key in ("pose_diversity", "gaze_std", "blink_rate"):
+        assert row[key] == pytest.approx(expect[key], rel=1e-4, abs=1e-6), key

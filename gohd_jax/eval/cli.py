@@ -22,6 +22,8 @@ weights (the files the papers' tools use; each metric is left out without its fi
   --syncnet syncnet_v2.model          LSE-C / LSE-D (syncnet_python's download_model.sh)
   --inception pt_inception-2015-12-05-6726825d.pth   FID (pytorch-fid's FID_WEIGHTS_URL)
   --arcface backbone.pth | w600k_r50.onnx | glintr100.onnx   CSIM (arcface_torch or insightface)
+  --deep3d epoch_20.pth --l2cs L2CSNet_gaze360.pkl   the clips described as `gohd describe` does:
+                    E-FID, P-FID, pose-window FD, pose diversity, beat alignment, blink rate
 
 outputs (in --out):
   report.json  summary {fid, lse_c, lse_d, csim, psnr, ssim} (null where not computable),
@@ -59,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--syncnet", metavar="FILE", help="syncnet_v2.model (LSE-C/D)")
     p.add_argument("--inception", metavar="FILE", help="pt_inception-2015-12-05-6726825d.pth (FID)")
     p.add_argument("--arcface", metavar="FILE", help="backbone.pth, w600k_r50.onnx or glintr100.onnx (CSIM)")
+    p.add_argument("--deep3d", metavar="FILE", help="Deep3DFaceRecon's epoch_20.pth (with --l2cs: E-FID, P-FID, "
+                   "pose diversity, beat alignment, blink rate)")
+    p.add_argument("--l2cs", metavar="FILE", help="L2CSNet_gaze360.pkl (the gaze estimator, with --deep3d)")
+    p.add_argument("--lm3d", metavar="FILE", help="Deep3DFaceRecon's BFM/similarity_Lm3D_all.mat (found beside "
+                   "--deep3d when not given)")
     p.add_argument("--out", metavar="DIR", required=True, help="where report.json/.md/.csv go")
     p.add_argument("--batch-size", type=int, default=32, help="items per network call (default 32)")
     p.add_argument("--fid-on", choices=("frames", "faces"), default="frames",
@@ -85,9 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         path = getattr(args, kind)
         if path and not Path(path).is_file():
             return _usage(f"--{kind} {path}: no such file; get {WHERE[kind]}")
-    if not (args.syncnet or args.inception or args.arcface or args.real):
+    if not (args.syncnet or args.inception or args.arcface or args.real or args.deep3d or args.l2cs):
         return _usage("nothing to compute: give --real (PSNR/SSIM) and/or weights (--syncnet, --inception, "
-                      "--arcface); see --help")
+                      "--arcface, --deep3d with --l2cs); see --help")
     from gohd_jax.eval import pairs as pairing
 
     try:
@@ -113,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         return _usage(str(e))
     try:
         nets = load_networks(syncnet=args.syncnet, inception=args.inception if args.real else None,
-                             arcface=args.arcface, batch_size=args.batch_size)
+                             arcface=args.arcface, deep3d=args.deep3d, l2cs=args.l2cs, lm3d=args.lm3d,
+                             batch_size=args.batch_size)
     except WeightsError as e:
         return _usage(str(e))
     try:
@@ -123,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         return _usage(str(e))
     report = Evaluator(nets, faces, settings, progress=not args.no_progress).run(pairs, extra_real)
-    report["networks"] = {k: getattr(args, k) for k in ("syncnet", "inception", "arcface")}
+    report["networks"] = {k: getattr(args, k) for k in ("syncnet", "inception", "arcface", "deep3d", "l2cs")}
     paths = write_reports(report, args.out)
     print(format_summary(report))
     c = report["counts"]

@@ -1,8 +1,8 @@
 """Reading a clip for ``gohd-eval``: frames at 25 fps, 16 kHz audio, one face track, the crops.
 
 ``read_clip(path)`` decodes a video (PyAV, ``data_pipelines.video.decode``) into RGB uint8 frames
-[T,H,W,3] at 25 fps and its audio track as float32 [T*640] at 16 kHz (zeros past its end, an
-empty array without an audio track). A clip is held whole: 10 s at 512 px is about 200 MB.
+[T,H,W,3] at 25 fps and its audio track as float32 at 16 kHz, at most T*640 samples (fewer when
+the track ends first; an empty array without an audio track). A clip is held whole: 10 s at 512 px is about 200 MB.
 
 ``track_face(frames, faces)`` finds the face once per clip: dlib's detector on every
 ``detect_every``-th frame (boxes in between interpolated in time, held at the ends), then the 68
@@ -40,7 +40,7 @@ class NoFace(ValueError):
 
 @dataclasses.dataclass
 class EvalClip:
-    """One decoded clip: ``frames`` RGB uint8 [T,H,W,3] at 25 fps, ``audio`` float32 [T*640] at
+    """One decoded clip: ``frames`` RGB uint8 [T,H,W,3] at 25 fps, ``audio`` float32 [<= T*640] at
     16 kHz (empty without an audio track)."""
 
     path: str
@@ -67,8 +67,11 @@ def read_clip(path: str | Path, *, max_frames: int | None = None) -> EvalClip:
         raise SkipVideo("corrupt", "no decodable video frame")
     audio = np.zeros(0, np.float32)
     if info.has_audio:
-        stream = AudioStream(info)
-        audio = stream.read(0, len(frames) * SAMPLES_PER_FRAME)
+        with AudioStream(info) as stream:
+            audio = stream.read(0, len(frames) * SAMPLES_PER_FRAME)
+            end = stream.exhausted_at
+        if end is not None:  # an audio track shorter than the video: not zero-padded
+            audio = audio[:end]
     return EvalClip(str(path), np.stack(frames), audio)
 
 

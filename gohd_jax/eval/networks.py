@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from flax import nnx
@@ -160,6 +161,7 @@ class Networks:
     syncnet: SyncNetScorer | None = None
     inception: InceptionFeatures | None = None
     arcface: ArcFaceEmbedder | None = None
+    estimators: Any = None  # data_pipelines.video.estimate.Estimators (Deep3DFaceRecon + L2CS)
 
 
 def _load(kind: str, path, loader):
@@ -170,10 +172,23 @@ def _load(kind: str, path, loader):
                            f"({' '.join(str(e).split())[:300]})") from None
 
 
-def load_networks(*, syncnet=None, inception=None, arcface=None, batch_size: int = 32) -> Networks:
+def load_networks(*, syncnet=None, inception=None, arcface=None, deep3d=None, l2cs=None, lm3d=None,
+                  batch_size: int = 32) -> Networks:
     """The networks whose files are given (paths or None) -> ``Networks``; ``WeightsError`` (one line)
-    for a file that is not what it should be."""
+    for a file that is not what it should be. The descriptor estimators need ``deep3d`` and
+    ``l2cs`` (``lm3d`` is found beside ``deep3d`` when not given)."""
     nets = Networks()
+    if deep3d or l2cs:
+        from data_pipelines.video.estimate import Estimators
+        from data_pipelines.video.faces import MissingModel
+
+        try:
+            nets.estimators = Estimators.from_files(deep3d, l2cs, lm3d, batch_size=batch_size)
+        except MissingModel as e:
+            raise WeightsError(str(e)) from None
+        except (ValueError, KeyError, TypeError, OSError) as e:
+            raise WeightsError(f"--deep3d/--l2cs: cannot be read as the estimators' weights "
+                               f"({' '.join(str(e).split())[:300]})") from None
     if syncnet:
         from gohd_jax.interop.syncnet_v2_weights import load_syncnet_v2
 

@@ -18,7 +18,11 @@ from pathlib import Path
 __all__ = ["write_reports", "CSV_COLUMNS", "format_summary"]
 
 CSV_COLUMNS = ("name", "frames", "seconds", "face_detected", "lse_c", "lse_d", "lse_offset", "csim", "psnr",
-               "ssim", "l1", "error", "lse_error", "csim_error", "real_error", "generated", "real", "source")
+               "ssim", "l1", "pose_diversity", "bas", "blink_rate", "gaze_std", "real_pose_diversity",
+               "real_blink_rate", "real_gaze_std", "error", "lse_error", "csim_error", "real_error", "generated",
+               "real", "source")
+_MOTION = (("e_fid", "E-FID", 3), ("p_fid", "P-FID", 4), ("pose_fd", "pose FD", 4), ("bas", "BAS", 3),
+           ("pose_diversity", "pose diversity", 4), ("blink_rate", "blinks/min", 1), ("gaze_std", "gaze std", 4))
 _SUMMARY = (("fid", "FID", 3), ("lse_c", "LSE-C", 3), ("lse_d", "LSE-D", 3), ("csim", "CSIM", 4),
             ("psnr", "PSNR (dB)", 2), ("ssim", "SSIM", 4))
 
@@ -32,12 +36,18 @@ def _fmt(value, digits: int = 3) -> str:
 
 
 def format_summary(report: dict) -> str:
-    """The summary as a one-row Markdown table."""
+    """The summary as a one-row Markdown table; when the clips were described, a second table of
+    the descriptor metrics: the generated clips, then the real videos' own values."""
     s = report["summary"]
-    head = "| " + " | ".join(label for _, label, _ in _SUMMARY) + " |"
-    rule = "|" + "|".join("---:" for _ in _SUMMARY) + "|"
-    row = "| " + " | ".join(_fmt(s.get(k), d) for k, _, d in _SUMMARY) + " |"
-    return "\n".join([head, rule, row])
+    lines = ["| " + " | ".join(label for _, label, _ in _SUMMARY) + " |",
+             "|" + "|".join("---:" for _ in _SUMMARY) + "|",
+             "| " + " | ".join(_fmt(s.get(k), d) for k, _, d in _SUMMARY) + " |"]
+    if "e_fid" in s:
+        lines += ["", "| | " + " | ".join(label for _, label, _ in _MOTION) + " |",
+                  "|---|" + "|".join("---:" for _ in _MOTION) + "|",
+                  "| generated | " + " | ".join(_fmt(s.get(k), d) for k, _, d in _MOTION) + " |",
+                  "| real | " + " | ".join(_fmt(s.get("real_" + k), d) for k, _, d in _MOTION) + " |"]
+    return "\n".join(lines)
 
 
 def _markdown(report: dict) -> str:

@@ -13,7 +13,11 @@ Per generated clip (``pairs.Pair``):
 4. CSIM: the source portrait (or, without one, the real video's first frame) and every frame,
    aligned by five landmarks, through ArcFace; the mean cosine over frames;
 5. PSNR / SSIM / L1 against the real video, frame by frame (``image_quality``);
-6. clips longer than a minute: a drift table, per 30 s: CSIM, mean brightness.
+6. with the descriptor estimators (``--deep3d --l2cs``): the clip described as ``gohd describe``
+   does, then pose diversity, beat alignment, blink rate and gaze std per clip, and E-FID, P-FID
+   and the pose-window FD against the real videos' descriptors (``descriptor_metrics``);
+7. clips longer than a minute: a drift table, per 30 s: CSIM, mean brightness, and with
+   descriptors the pose and gaze std.
 
 The networks' items wait in ``batching.DeviceBatcher`` queues; a clip's row is finished when the
 last of its items has run, so rows can finish out of order (the report is sorted by name).
@@ -65,8 +69,7 @@ class _Row:
                                        "source": str(pair.source) if pair.source else None}
         self._parts = 1  # the clip's own host work; released by finish_host()
         self._done = done_callback
-        self.csim_source: np.ndarray | None = None
-        self.csim_frames: np.ndarray | None = None
+        self.descriptors: np.ndarray | None = None  # [T,72] when described
 
     def expect(self) -> None:
         self._parts += 1
@@ -88,6 +91,7 @@ class Evaluator:
         self.rows: list[dict] = []
         self.frames_read = 0
         self._fid_sets = None
+        self._descriptors: dict[str, list[np.ndarray]] = {"generated": [], "real": []}
         if networks.inception is not None:
             from gohd_jax.eval.fid import FrechetStats
 
@@ -150,6 +154,10 @@ class Evaluator:
             self._lse(row, clip, track)
         if self.nets.arcface is not None:
             self._csim(row, pair, clip, track, real)
+        if self.nets.estimators is not None:
+            self._describe(row, clip, track, "generated")
+            if real is not None:
+                self._describe_real(real, row)
         if real is not None:
             from gohd_jax.eval.image_quality import clip_quality
 
@@ -157,6 +165,26 @@ class Evaluator:
             row.values.update(psnr=q["psnr"], ssim=q["ssim"], l1=q["l1"], paired_frames=q["frames"],
                               real_resized=q["resized"])
         row.finish_host()
+
+    def _describe(self, row: _Row | None, clip: clip_io.EvalClip, track, which: str) -> None:
+        from gohd_jax.eval.descriptor_metrics import clip_motion, describe_frames
+
+        desc, controls = describe_frames(clip.frames, track, self.nets.estimators)
+        self._descriptors[which].append(desc)
+        if row is not None:
+            prefix = "" if which == "generated" else "real_"
+            row.values.update({prefix + k: v for k, v in clip_motion(desc, controls, clip.audio).items()})
+            if which == "generated":
+                row.descriptors = desc
+
+    def _describe_real(self, real: clip_io.EvalClip, row: _Row | None) -> None:
+        try:
+            track = clip_io.track_face(real.frames, self.faces, detect_every=self.settings.detect_every)
+        except clip_io.NoFace as e:
+            if row is not None:
+                row.values["real_error"] = f"no face: {e}"
+            return
+        self._describe(row, real, track, "real")
 
     def _add_real_fid(self, key, real: clip_io.EvalClip, row: _Row | None) -> None:
         track = None
@@ -243,8 +271,12 @@ class Evaluator:
         for start in range(0, len(clip.frames), seg):
             stop = min(len(clip.frames), start + seg)
             c = cos[start // every:-(-stop // every)]
-            table.append({"from_s": start / 25, "to_s": stop / 25, "csim": float(np.mean(c)) if len(c) else None,
-                          "brightness": float(clip.frames[start:stop].mean())})
+            seg_row = {"from_s": start / 25, "to_s": stop / 25, "csim": float(np.mean(c)) if len(c) else None,
+                       "brightness": float(clip.frames[start:stop].mean())}
+            if row.descriptors is not None:
+                d = np.asarray(row.descriptors[start:stop], np.float64)
+                seg_row.update(pose_std=float(d[:, 64:70].std(0).mean()), gaze_std=float(d[:, 70:72].std(0).mean()))
+            table.append(seg_row)
         row.values["drift"] = table
 
     # ---- the run
@@ -263,17 +295,22 @@ class Evaluator:
             self._clip(pair, on_finished)
             bar.update(1)
             bar.set_postfix(frames_per_s=f"{self.frames_read / max(time.perf_counter() - t0, 1e-9):.1f}")
-        if self._fid_sets is not None:
+        if self._fid_sets is not None or self.nets.estimators is not None:
             from data_pipelines.video.decode import SkipVideo
 
             for path in extra_real:
                 try:
                     real = clip_io.read_clip(path, max_frames=self.settings.max_frames)
                     self.frames_read += len(real.frames)
-                    self._add_real_fid(("real", str(path)), real, None)
+                    if self._fid_sets is not None:
+                        self._add_real_fid(("real", str(path)), real, None)
+                    if self.nets.estimators is not None:
+                        self._describe_real(real, None)
                 except SkipVideo as e:
-                    log.warning("%s: skipped for FID's real set: %s", path, e)
+                    log.warning("%s: skipped for the real set: %s", path, e)
                 bar.update(1)
+        else:
+            bar.update(len(extra_real))
         for batcher in self._batchers():
             batcher.flush()
         bar.close()
@@ -308,6 +345,20 @@ class Evaluator:
                 fid = float(frechet_distance(gen.mean(), gen.cov(), real.mean(), real.cov()))
         summary = {"fid": fid, "lse_c": mean("lse_c"), "lse_d": mean("lse_d"), "csim": mean("csim"),
                    "psnr": mean("psnr"), "ssim": mean("ssim")}
+        if self.nets.estimators is not None:
+            from gohd_jax.eval.descriptor_metrics import set_distances
+
+            summary.update(set_distances(self._descriptors["generated"], self._descriptors["real"]))
+            for prefix in ("", "real_"):  # BAS over the set: clips weighted by their motion beats
+                beats = [(r[prefix + "bas"], r[prefix + "motion_beats"]) for r in ok
+                         if r.get(prefix + "bas") is not None]
+                total = sum(n for _, n in beats)
+                summary[prefix + "bas"] = sum(b * n for b, n in beats) / total if total else None
+            for key in ("pose_diversity", "blink_rate", "gaze_std"):
+                summary[key] = mean(key)
+                summary["real_" + key] = mean("real_" + key)
+            counts.update(described_generated_frames=sum(map(len, self._descriptors["generated"])),
+                          described_real_frames=sum(map(len, self._descriptors["real"])))
         return {"summary": summary,
                 "counts": {"clips": len(self.rows), "clips_scored": len(ok),
                            "clips_skipped": len(self.rows) - len(ok), "frames_read": self.frames_read, **counts},
