@@ -6,7 +6,7 @@
 
 Random-init models at the official sizes (the arithmetic and the time are the real ones),
 synthetic inputs. Sections (``--sections``, letters or names, default all; they run in the order
-a, b, e, d, c, f, the cheap ones first, and the JSON is also saved after every measured row):
+a, b, e, g, d, c, f, the cheap ones first, and the JSON is also saved after every measured row):
 
 a) ``render``: the animator's render frames/s at batch 1/8/64/256 (``--render-batches``), float32
    and bfloat16 (``gohd_jax.nn.policy``), the source encoded once (batch 1, shared by the batch of
@@ -26,6 +26,10 @@ d) ``train_denoiser``: the official pose denoiser's train step (batch 8, 150-fra
 e) ``latency``: time to the first frame on the host and real-time factor (wall / audio seconds)
    of one 10 s clip at batch 1, DDIM-25 and DDPM-150 (as b, one clip; the first frame waits for
    the clip's whole motion and expression, as in the engine).
+g) ``metrics``: frames/s of gohd-eval's metric networks at batch 1/32/128 (``--metric-batches``;
+   smoke 1): SyncNet's lip stream (a 5-frame 224x224 window per frame) and audio stream,
+   pytorch-fid's InceptionV3 (299x299), ArcFace iresnet100 (112x112); float32 at HIGHEST
+   precision, as ``gohd-eval`` runs them on every backend.
 f) ``memory``: per compiled program its compile (and lowering) time, XLA's FLOPs and memory
    analysis (arguments, outputs, temporaries; XLA counts a loop body once, so a sampler program
    shows the FLOPs of one denoiser call); the device's ``peak_bytes_in_use`` after each section
@@ -102,7 +106,7 @@ from gohd_jax.nn import policy as policy_lib  # noqa: E402
 from gohd_jax.train.state import StepContext, TrainState, step_with_ema  # noqa: E402
 
 SECTIONS = {"a": "render", "b": "e2e", "c": "train_animator", "d": "train_denoiser", "e": "latency",
-            "f": "memory"}
+            "f": "memory", "g": "metrics"}
 FPS = 25
 RADIUS = 13  # the animator reads a 27-frame descriptor window centred on the frame
 
@@ -150,6 +154,7 @@ class Plan:
     latency_seconds: float
     min_time: float
     train_min_steps: int
+    metric_batches: list[int] = dataclasses.field(default_factory=lambda: [1, 32, 128])
 
 
 def make_plan(a) -> Plan:
@@ -165,7 +170,8 @@ def make_plan(a) -> Plan:
             samplers=samplers_, train_batches=ints(a.train_batches, [1]), remats=strs(a.remats or "none"),
             perceptual=a.perceptual, denoiser_batch=a.denoiser_batch or 2, denoiser_window=16,
             denoiser_remats=strs(a.denoiser_remats), latency_seconds=a.latency_seconds or 1.0,
-            min_time=a.min_time if a.min_time is not None else 0.0, train_min_steps=a.train_steps or 1)
+            min_time=a.min_time if a.min_time is not None else 0.0, train_min_steps=a.train_steps or 1,
+            metric_batches=ints(a.metric_batches, [1]))
     return Plan(
         smoke=False, animator=AnimatorConfig.official(), train_animator=AnimatorConfig(release_grid=False),
         pose=MotionDenoiserConfig.pose(), gaze=MotionDenoiserConfig.gaze(),
@@ -176,7 +182,7 @@ def make_plan(a) -> Plan:
         remats=strs(a.remats or "none,blocks"), perceptual=a.perceptual, denoiser_batch=a.denoiser_batch or 8,
         denoiser_window=150, denoiser_remats=strs(a.denoiser_remats),
         latency_seconds=a.latency_seconds or 10.0, min_time=a.min_time if a.min_time is not None else 1.0,
-        train_min_steps=a.train_steps or 5)
+        train_min_steps=a.train_steps or 5, metric_batches=ints(a.metric_batches, [1, 32, 128]))
 
 
 def ints(s: str | None, default: list[int]) -> list[int]:
@@ -291,6 +297,44 @@ def peak_bytes() -> int | None:
     except Exception:  # noqa: BLE001  (backends without memory stats)
         return None
     return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
+
+
+def section_metrics(plan: Plan, progs: Programs) -> dict:
+    """g) gohd-eval's metric networks, random weights, float32 HIGHEST: frames/s by batch."""
+    from gohd_jax.models.arcface import iresnet100
+    from gohd_jax.models.inception_fid import FIDInceptionV3
+    from gohd_jax.models.syncnet_v2 import SyncNetV2
+
+    sync = build(lambda: SyncNetV2(rngs=nnx.Rngs(0)))
+    nets = {"syncnet_lip": (sync, "embed_lip", (5, 224, 224, 3)), "syncnet_audio": (sync, "embed_audio", (13, 20, 1)),
+            "inception_v3": (build(lambda: FIDInceptionV3(rngs=nnx.Rngs(0))), "__call__", (299, 299, 3)),
+            "arcface_r100": (build(lambda: iresnet100(rngs=nnx.Rngs(0))), "__call__", (112, 112, 3))}
+    rng = np.random.default_rng(0)
+    rows, out_rows = [], []
+    for name, (model, method, shape) in nets.items():
+        graph, state = nnx.split(model)
+        fn = jax.jit(lambda st, x, g=graph, m=method: getattr(nnx.merge(g, st), m)(x))
+        xs = {b: jnp.asarray(rng.uniform(0, 1, (b, *shape)).astype(np.float32)) for b in plan.metric_batches}
+        compiled = progs.compile([(f"metrics/{name}_b{b}", fn, (state, xs[b])) for b in plan.metric_batches],
+                                 "metrics")
+        for b in plan.metric_batches:
+            prog = f"metrics/{name}_b{b}"
+            if prog not in compiled:
+                continue
+            try:
+                t = time_calls(lambda c=compiled[prog], x=xs[b]: c(state, x), plan.min_time)
+            except Exception as e:  # noqa: BLE001  (e.g. out of memory)
+                progs.report.error(prog, e)
+                continue
+            row = {"network": name, "batch": b, "seconds_per_call": t, "frames_per_s": b / t,
+                   "gflops_per_frame": ratio(progs.flops(prog), b * 1e9)}
+            rows.append(row)
+            progs.report.partial("metrics", rows)
+            out_rows.append([name, b, row["frames_per_s"], 1000 * t / b, row["gflops_per_frame"],
+                             progs.records[prog]["compile_s"]])
+    table("g) gohd-eval metric networks (float32, HIGHEST)",
+          ["network", "batch", "frames/s", "ms/frame", "GFLOPs/frame", "compile s"], out_rows)
+    return {"rows": rows}
 
 
 def cpu_device():
@@ -1050,6 +1094,7 @@ def parse_args(argv=None):
                    help="threads compiling in parallel (default: min(6, cpus // 2), at least 1)")
     p.add_argument("--min-time", type=float, default=None, help="seconds each timing runs at least (1; smoke 0)")
     p.add_argument("--render-batches", default=None, help="a) batches (default 1,8,64,256; smoke 2)")
+    p.add_argument("--metric-batches", default=None, help="g) batches (default 1,32,128; smoke 1)")
     p.add_argument("--clips", type=int, default=None, help="b) clips (default 16)")
     p.add_argument("--seconds", type=float, default=None, help="b) seconds per clip (default 10)")
     p.add_argument("--render-batch", type=int, default=None, help="b, e) frames per render call (default 64)")
@@ -1100,7 +1145,7 @@ def main(argv=None) -> int:
     progs = Programs(report, workers)
     models: dict = {}
     # cheap and inference sections first: a run cut short loses the least
-    order = ["render", "e2e", "latency", "train_denoiser", "train_animator", "memory"]
+    order = ["render", "e2e", "latency", "metrics", "train_denoiser", "train_animator", "memory"]
     for name in [n for n in order if n in wanted]:
         t0 = time.perf_counter()
         log(f"section {name} ...")
@@ -1111,6 +1156,8 @@ def main(argv=None) -> int:
                 data = section_e2e(plan, progs, info, models, a.precision)
             elif name == "latency":
                 data = section_latency(plan, progs, info, models, a.precision)
+            elif name == "metrics":
+                data = section_metrics(plan, progs)
             elif name == "train_animator":
                 models.clear()  # the inference models, views and states are not needed any more
                 data = section_train_animator(plan, progs, info)

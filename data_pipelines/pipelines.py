@@ -130,11 +130,25 @@ class _Sampler(grain.transforms.RandomMap):
 
 @dataclasses.dataclass
 class AnimatorSampler(_Sampler):
-    """(source frame, target frame, descriptor window centred on the target)."""
+    """(source frame, target frame, descriptor window centred on the target).
+
+    The target is a uniformly random frame of the clip, except, with probability
+    ``expression_pairs``, the frame within ``expression_radius`` frames of the source whose
+    expression coefficients differ most from the source's (L1 over the 64): pairs that differ at
+    the mouth and eyes, where uniform pairs mostly differ by head pose and copying the source
+    loses little (BENCHMARKS.md "make demo": without them the tiny animator leaves the mouth
+    still). With ``expression_pairs`` 0 the samples are those of earlier versions."""
+
+    expression_pairs: float = 0.0
+    expression_radius: int = 12
 
     def sample(self, clip, rng):
         t = clip.num_frames
         target, source = (int(x) for x in rng.integers(0, t, size=2))
+        if self.expression_pairs > 0 and rng.random() < self.expression_pairs:
+            lo, hi = max(0, source - self.expression_radius), min(t, source + self.expression_radius + 1)
+            exp = np.asarray(clip.rows("descriptors", np.arange(lo, hi)), np.float32)[:, schema.EXPRESSION]
+            target = lo + int(np.argmax(np.abs(exp - exp[source - lo]).sum(axis=1)))
         radius = self.window // 2
         idx = np.clip(np.arange(target - radius, target + radius + 1), 0, t - 1)
         source_jpeg, target_jpeg = clip.frames([source, target])  # one request for both
@@ -230,7 +244,8 @@ def make_dataset(stage: str, data_dir, *, seed: int = 0, window: int | None = No
                  heldout_fraction: float = 0.25, num_epochs: int | None = None,
                  shard_index: int | None = None, shard_count: int | None = None,
                  condition: str = "mel100", sync_negatives: int = 0,
-                 sync_faces: bool = True, count_bytes: bool = False) -> grain.MapDataset:
+                 sync_faces: bool = True, count_bytes: bool = False, expression_pairs: float = 0.0,
+                 expression_radius: int = 12) -> grain.MapDataset:
     """The unbatched sample stream of ``stage`` (see the module docstring).
 
     ``data_dir`` is a clip dataset folder, or any clip source with ``index`` and ``view(i)`` (a
@@ -238,6 +253,7 @@ def make_dataset(stage: str, data_dir, *, seed: int = 0, window: int | None = No
     (the whole clip list, shuffled, repeated, sampled) is split over ``shard_count`` processes
     (default: the JAX process count) last, by position; ``num_epochs=None`` repeats forever.
     ``count_bytes`` adds ``bytes_read`` to every sample (``gohd-data bench``).
+    ``expression_pairs`` / ``expression_radius``: the animator's pairs (``AnimatorSampler``).
     """
     if stage not in _SAMPLERS:
         raise ValueError(f"unknown stage {stage!r}; choose one of {STAGES}")
@@ -256,6 +272,11 @@ def make_dataset(stage: str, data_dir, *, seed: int = 0, window: int | None = No
     kwargs = {"condition": condition} if stage == "motion" else {}
     if stage == "sync":
         kwargs = {"negatives": int(sync_negatives), "faces": bool(sync_faces)}
+    if stage == "animator":
+        if not 0.0 <= expression_pairs <= 1.0 or expression_radius < 1:
+            raise ValueError(f"expression_pairs must be in [0, 1] and expression_radius >= 1, got "
+                             f"{expression_pairs} and {expression_radius}")
+        kwargs = {"expression_pairs": float(expression_pairs), "expression_radius": int(expression_radius)}
     sampler = _SAMPLERS[stage](clips=clips, window=window, count_bytes=count_bytes, **kwargs)
     # EpochShuffle: the order of Grain's .shuffle(), without its per-draw cost on small datasets
     ds = EpochShuffle(grain.MapDataset.source(eligible).seed(seed)).repeat(num_epochs).random_map(sampler)

@@ -46,6 +46,31 @@ def test_animator_samples(data_dir):
         np.testing.assert_allclose(batch["target"][b].astype(int), clip["frames"][target], atol=3)
 
 
+def test_animator_expression_pairs_take_the_most_different_expression_nearby(data_dir):
+    sampler = pipelines.AnimatorSampler(clips=None, window=27, expression_pairs=1.0, expression_radius=3)
+    fake = FakeClips(frames=8, size=16, identities=6)
+    for i in range(N_CLIPS):
+        clip = fake(i)
+        t = len(clip["frames"])
+        clip["descriptors"] = np.random.default_rng(100 + i).normal(size=(t, 72)).astype(np.float32)
+        clip["frames"] = [schema.encode_jpeg(f, 95) for f in clip["frames"]]
+        out = sampler.sample(schema.DictClip(clip), np.random.default_rng(i))
+        rng = np.random.default_rng(i)  # the sampler's draws: (target, source), then the coin
+        _, source = rng.integers(0, t, size=2)
+        exp = clip["descriptors"][:, schema.EXPRESSION].astype(np.float64)
+        lo, hi = max(0, source - 3), min(t, source + 4)
+        want = lo + int(np.argmax(np.abs(exp[lo:hi] - exp[source]).sum(1)))
+        assert int(out["start"]) == want != source
+        np.testing.assert_array_equal(out["descriptor_window"][13], clip["descriptors"][want])
+    # 0 keeps the uniform pairs (and the sample stream of earlier versions: tests/golden_batches.py)
+    clips = records.ClipDataset(data_dir)
+    plain = pipelines.AnimatorSampler(clips=clips, window=27)
+    target, _ = np.random.default_rng(5).integers(0, clips.view(5).num_frames, size=2)
+    assert int(plain.sample(clips.view(5), np.random.default_rng(5))["start"]) == target
+    with pytest.raises(ValueError, match="expression_pairs"):
+        pipelines.make_dataset("animator", data_dir, expression_pairs=1.5)
+
+
 def test_motion_and_expression_samples(data_dir):
     ds = pipelines.make_dataset("motion", data_dir, window=6, split="all", shard_index=0, shard_count=1)
     (m,) = _batches(ds, 1)

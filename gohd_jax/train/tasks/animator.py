@@ -1,8 +1,9 @@
 """The animator stage: self-reconstruction GAN training of ``SemanticAnimator`` (LIA's recipe).
 
 A sample is (source frame, target frame, the target's 27-frame descriptor window) from one
-clip. The generator renders the target from the source and the window; losses (weights in
-``config.task.loss``):
+clip; a share ``config.data.expression_pairs`` of the training pairs are those that differ most
+in expression (``data_pipelines.pipelines.AnimatorSampler``). The generator renders the target
+from the source and the window; losses (weights in ``config.task.loss``):
 
 * ``l1``: mean |x_hat - x|;
 * ``vgg``: LIA's 4-scale x 5-slice VGG19 pyramid (weight 10 inside), when converted VGG19
@@ -164,9 +165,14 @@ class AnimatorTask(Task):
     def dataset(self, split, *, seed, shard_index, shard_count):
         from data_pipelines import pipelines  # here: the step imports without grain (gpu_suite)
 
-        return pipelines.make_dataset("animator", self.config.data.dir, seed=seed, split=split,
+        # Expression pairs for training only: the held-out pairs stay uniform, so the eval's PSNR
+        # keeps its meaning against the "copy the source" baseline.
+        data = self.config.data
+        pairs = float(data.get("expression_pairs", 0.0)) if split == "train" else 0.0
+        return pipelines.make_dataset("animator", data.dir, seed=seed, split=split,
                                       shard_index=shard_index, shard_count=shard_count,
-                                      heldout_fraction=float(self.config.data.heldout_fraction))
+                                      heldout_fraction=float(data.heldout_fraction), expression_pairs=pairs,
+                                      expression_radius=int(data.get("expression_radius", 12)))
 
     def describe(self):
         perceptual = "VGG19 pyramid" if self.use_vgg else (
