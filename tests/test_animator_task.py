@@ -96,8 +96,10 @@ def test_vgg_perceptual_loss_path(synth64, tmp_path):
 def test_tiny_animator_beats_copying_the_source(tmp_path_factory, tmp_path):
     """About 3.5 min on 2 cores: the tiny config (copy-source init) for 300 reconstruction steps
     (the GAN starts at 500) on the `make demo` dataset's recipe (48 clips, 12 identities, 3 held
-    out); held-out PSNR clearly above copying the source frame (this run, 2026-12-06: 26.12 vs
-    25.67 dB; at 500 steps about 26.5 vs 25.8)."""
+    out); held-out PSNR above copying the source frame and a lower L1 where target and source
+    differ. 2026-12-06, uniform pairs: 26.12 vs 25.67 dB. 2026-12-07, half of the pairs chosen to
+    differ in expression (the config now; they buy the mouth motion with some PSNR): 25.91 vs
+    25.67 dB, changed-region L1 0.247 vs 0.306."""
     from configs import synthetic
 
     s = synthetic.get_config("demo")
@@ -109,4 +111,5 @@ def test_tiny_animator_beats_copying_the_source(tmp_path_factory, tmp_path):
     cfg.data.dir = str(root)
     cfg.update(num_steps=300, log_every=100, eval_every=300, eval_steps=8, checkpoint_every=300)
     ev = Trainer(AnimatorTask(cfg), cfg, tmp_path).train().eval_metrics
-    assert ev["eval/psnr"] > ev["eval/psnr_copy_source"] + 0.3, ev
+    assert ev["eval/psnr"] > ev["eval/psnr_copy_source"] + 0.15, ev
+    assert ev["eval/changed_l1"] < 0.9 * ev["eval/changed_l1_copy_source"], ev
