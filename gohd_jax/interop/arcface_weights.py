@@ -57,6 +57,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from gohd_jax.interop.expression_weights import batchnorm_entries as _bn
 from gohd_jax.interop.expression_weights import copy_entries, strip_prefix
 from gohd_jax.models.arcface import (BN_EPS, FC_GRID, INPUT_SIZE, WIDTHS, IResNet, IResNetConfig)
 
@@ -67,13 +68,6 @@ __all__ = ["arcface_from_state_dict", "arcface_from_onnx", "onnx_to_state_dict",
 # --------------------------------------------------------------------------------------------
 # State dict -> IResNet
 # --------------------------------------------------------------------------------------------
-
-def _bn(prefix: str, bn: nnx.BatchNorm) -> Iterator[tuple[str, Any, str]]:
-    yield f"{prefix}.weight", bn.scale, "copy"
-    yield f"{prefix}.bias", bn.bias, "copy"
-    yield f"{prefix}.running_mean", bn.mean, "copy"
-    yield f"{prefix}.running_var", bn.var, "copy"
-
 
 def _entries(model: IResNet) -> Iterator[tuple[str, Any, str]]:
     yield "conv1.weight", model.conv1.weight, "conv"

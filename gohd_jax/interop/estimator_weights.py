@@ -25,19 +25,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from gohd_jax.interop.expression_weights import batchnorm_entries as _bn
 from gohd_jax.interop.expression_weights import copy_entries
 from gohd_jax.models.estimators import Deep3DRecon, L2CSGaze, decode_gaze, descriptor_parts
 from gohd_jax.models.resnet import ResNet50
 
 __all__ = ["load_state_dict", "deep3d_from_state_dict", "l2cs_from_state_dict", "load_deep3d",
            "load_l2cs", "parity_deep3d_recon", "parity_l2cs"]
-
-
-def _bn(prefix: str, bn: nnx.BatchNorm) -> Iterator[tuple[str, Any, str]]:
-    yield f"{prefix}.weight", bn.scale, "copy"
-    yield f"{prefix}.bias", bn.bias, "copy"
-    yield f"{prefix}.running_mean", bn.mean, "copy"
-    yield f"{prefix}.running_var", bn.var, "copy"
 
 
 def _resnet(prefix: str, net: ResNet50) -> Iterator[tuple[str, Any, str]]:

@@ -89,6 +89,28 @@ def _transform(arr: np.ndarray, how: str) -> np.ndarray:
     return arr
 
 
+def batchnorm_entries(prefix: str, bn: nnx.BatchNorm) -> Iterator[tuple[str, Any, str]]:
+    """A torch BatchNorm's four state-dict entries under ``prefix`` -> ``bn``'s variables (for
+    ``copy_entries``; ``num_batches_tracked`` is dropped there)."""
+    yield f"{prefix}.weight", bn.scale, "copy"
+    yield f"{prefix}.bias", bn.bias, "copy"
+    yield f"{prefix}.running_mean", bn.mean, "copy"
+    yield f"{prefix}.running_var", bn.var, "copy"
+
+
+def read_state_dict(path, what: str) -> Mapping[str, Any]:
+    """A plain state dict saved with ``torch.save`` (or wrapped as ``{"state_dict": ...}``), read
+    torch-free; ``what`` names the expected file in the error."""
+    from gohd_jax.interop.torch_checkpoint import load_torch_checkpoint
+
+    sd = load_torch_checkpoint(path)
+    if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
+        sd = sd["state_dict"]
+    if not isinstance(sd, Mapping):
+        raise ValueError(f"{path}: expected a state dict ({what}), got {type(sd).__name__}")
+    return sd
+
+
 def copy_entries(model: nnx.Module, entries, state_dict: Mapping[str, Any], transform, *,
                  ignore: tuple[str, ...] = ()) -> nnx.Module:
     """The strict copy every converter here shares: ``entries`` yields (torch name, variable, how),

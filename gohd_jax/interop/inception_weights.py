@@ -87,14 +87,9 @@ def fid_inception_from_state_dict(state_dict: Mapping[str, Any], param_dtype=jnp
 
 def load_fid_inception(path: str | Path, **model_kw) -> FIDInceptionV3:
     """Reads ``pt_inception-2015-12-05-6726825d.pth`` torch-free and builds the model."""
-    from gohd_jax.interop.torch_checkpoint import load_torch_checkpoint
+    from gohd_jax.interop.expression_weights import read_state_dict
 
-    sd = load_torch_checkpoint(path)
-    if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
-        sd = sd["state_dict"]
-    if not isinstance(sd, Mapping):
-        raise ValueError(f"{path}: expected a state dict (pytorch-fid's "
-                         f"pt_inception-2015-12-05-6726825d.pth)")
+    sd = read_state_dict(path, "pytorch-fid's pt_inception-2015-12-05-6726825d.pth")
     return fid_inception_from_state_dict(sd, **model_kw)
 
 

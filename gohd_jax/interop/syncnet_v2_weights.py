@@ -31,17 +31,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gohd_jax.interop.expression_weights import copy_entries
+from gohd_jax.interop.expression_weights import batchnorm_entries as _bn
+from gohd_jax.interop.expression_weights import copy_entries, read_state_dict
 from gohd_jax.models.syncnet_v2 import CONV_INDICES, EMBED_DIM, STAGES, SyncNetV2
 
 __all__ = ["syncnet_v2_from_state_dict", "load_syncnet_v2", "parity_syncnet", "state_dict_names"]
-
-
-def _bn(prefix: str, bn: nnx.BatchNorm) -> Iterator[tuple[str, Any, str]]:
-    yield f"{prefix}.weight", bn.scale, "copy"
-    yield f"{prefix}.bias", bn.bias, "copy"
-    yield f"{prefix}.running_mean", bn.mean, "copy"
-    yield f"{prefix}.running_var", bn.var, "copy"
 
 
 def _entries(model: SyncNetV2) -> Iterator[tuple[str, Any, str]]:
@@ -94,15 +88,7 @@ def syncnet_v2_from_state_dict(state_dict: Mapping[str, Any], param_dtype=jnp.fl
 
 def load_syncnet_v2(path: str | Path) -> SyncNetV2:
     """Reads syncnet_python's ``syncnet_v2.model`` torch-free -> ``SyncNetV2``."""
-    from gohd_jax.interop.torch_checkpoint import load_torch_checkpoint
-
-    sd = load_torch_checkpoint(path)
-    if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
-        sd = sd["state_dict"]
-    if not isinstance(sd, Mapping):
-        raise ValueError(f"{path}: expected a state dict (syncnet_python's syncnet_v2.model), got "
-                         f"{type(sd).__name__}")
-    return syncnet_v2_from_state_dict(sd)
+    return syncnet_v2_from_state_dict(read_state_dict(path, "syncnet_python's syncnet_v2.model"))
 
 
 def _ncx(x) -> np.ndarray:
