@@ -177,23 +177,25 @@ class Evaluator:
             if which == "generated":
                 row.descriptors = desc
 
-    def _describe_real(self, real: clip_io.EvalClip, row: _Row | None) -> None:
+    def _track_real(self, real: clip_io.EvalClip, row: _Row | None):
+        """The real video's face track, or None (noted in the row) when it shows no face."""
         try:
-            track = clip_io.track_face(real.frames, self.faces, detect_every=self.settings.detect_every)
+            return clip_io.track_face(real.frames, self.faces, detect_every=self.settings.detect_every)
         except clip_io.NoFace as e:
             if row is not None:
                 row.values["real_error"] = f"no face: {e}"
-            return
-        self._describe(row, real, track, "real")
+            return None
+
+    def _describe_real(self, real: clip_io.EvalClip, row: _Row | None) -> None:
+        track = self._track_real(real, row)
+        if track is not None:
+            self._describe(row, real, track, "real")
 
     def _add_real_fid(self, key, real: clip_io.EvalClip, row: _Row | None) -> None:
         track = None
         if self.settings.fid_on == "faces":
-            try:
-                track = clip_io.track_face(real.frames, self.faces, detect_every=self.settings.detect_every)
-            except clip_io.NoFace as e:
-                if row is not None:
-                    row.values["real_error"] = f"no face: {e}"
+            track = self._track_real(real, row)
+            if track is None:
                 return
         self._add_fid(key, "real", self._fid_items(real.frames, track), row)
 
