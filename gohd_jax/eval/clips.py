@@ -141,26 +141,20 @@ def track_face(frames: np.ndarray, faces, *, detect_every: int = 5, detect_size:
 
 
 def resize_bilinear(img: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize with half-pixel centres and no antialiasing (OpenCV's INTER_LINEAR, torch's
-    ``interpolate(mode="bilinear", align_corners=False)``), uint8 or float [H,W,C] -> same dtype."""
-    h, w = img.shape[:2]
+    """Bilinear resize with half-pixel centres and no antialiasing (torch's ``interpolate(mode=
+    "bilinear", align_corners=False)``, OpenCV's INTER_LINEAR up to its fixed-point rounding), the
+    width first, then the height (``models.inception_fid.bilinear_taps``), uint8 or float [H,W,C]
+    -> same dtype."""
+    from gohd_jax.models.inception_fid import bilinear_taps
 
-    def axis(n_out, n_in):
-        x = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
-        x = np.clip(x, 0, n_in - 1)
-        lo = np.floor(x).astype(np.int64)
-        hi = np.minimum(lo + 1, n_in - 1)
-        return lo, hi, (x - lo)
-
-    y0, y1, fy = axis(height, h)
-    x0, x1, fx = axis(width, w)
-    src = img.astype(np.float32)
-    top = src[y0][:, x0] * (1 - fx)[None, :, None] + src[y0][:, x1] * fx[None, :, None]
-    bot = src[y1][:, x0] * (1 - fx)[None, :, None] + src[y1][:, x1] * fx[None, :, None]
-    out = top * (1 - fy)[:, None, None] + bot * fy[:, None, None]
+    x = img.astype(np.float32)
+    i0, i1, w0, w1 = bilinear_taps(img.shape[1], width)
+    x = x[:, i0] * w0[None, :, None] + x[:, i1] * w1[None, :, None]
+    i0, i1, w0, w1 = bilinear_taps(img.shape[0], height)
+    x = x[i0] * w0[:, None, None] + x[i1] * w1[:, None, None]
     if img.dtype == np.uint8:
-        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-    return out.astype(img.dtype)
+        return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+    return x.astype(img.dtype)
 
 
 def syncnet_crops(frames: np.ndarray, boxes: np.ndarray, *, crop_scale: float = 0.4, size: int = 224) -> np.ndarray:

@@ -40,7 +40,7 @@ import numpy as np
 from flax import nnx
 
 __all__ = ["ARCFACE_TEMPLATE_112", "FACE_SIZE", "similarity_transform", "alignment_matrix",
-           "align_face", "align_faces", "five_points_from_68", "embed", "csim", "cosine_similarity"]
+           "align_face", "align_faces", "five_points_from_68", "network_input", "embed", "csim", "cosine_similarity"]
 
 FACE_SIZE = 112
 # insightface's ``arcface_dst``: where the five points land in the 112 x 112 crop, (x, y) pixels:
@@ -156,11 +156,14 @@ def five_points_from_68(landmarks) -> np.ndarray:
                      lm[..., 48, :], lm[..., 54, :]], axis=-2)
 
 
+def network_input(faces: jax.Array) -> jax.Array:
+    """Aligned RGB faces, 0..255 -> the network's input ``(x - 127.5) / 127.5``, float32."""
+    return (faces.astype(jnp.float32) - 127.5) / 127.5
+
+
 @partial(jax.jit, static_argnums=0)
 def _embed_batch(graphdef, state, faces: jax.Array) -> jax.Array:
-    model = nnx.merge(graphdef, state)
-    x = (faces.astype(jnp.float32) - 127.5) / 127.5
-    return model(x)
+    return nnx.merge(graphdef, state)(network_input(faces))
 
 
 def embed(model, faces, batch_size: int = 32) -> np.ndarray:

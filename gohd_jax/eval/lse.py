@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -175,37 +176,36 @@ def embed_windows(model, frames: np.ndarray, mfcc32: np.ndarray, n: int, *,
     return np.asarray(jnp.concatenate(ims)), np.asarray(jnp.concatenate(ccs))
 
 
-@functools.partial(jax.jit, static_argnames=("vshift",))
-def _distances(im_feat, cc_feat, vshift: int):
+def _distances(im_feat: np.ndarray, cc_feat: np.ndarray, vshift: int) -> dict[str, np.ndarray]:
+    """Steps 4-6 in float32 numpy: a few MFLOPs per clip, so no jit (a jitted form compiled once
+    per clip length)."""
+    from scipy.signal import medfilt
+
     n = im_feat.shape[0]
-    win = 2 * vshift + 1
-    ccp = jnp.pad(cc_feat, ((vshift, vshift), (0, 0)))
-    dists = jnp.stack([jnp.sqrt(jnp.sum(jnp.square(im_feat - ccp[k:k + n] + 1e-6), axis=1))
-                       for k in range(win)], axis=1)  # [N, win]
-    mdist = jnp.mean(dists, axis=0)
-    minidx = jnp.argmin(mdist)
+    ccp = np.pad(cc_feat, ((vshift, vshift), (0, 0)))
+    dists = np.stack([np.sqrt(np.sum(np.square(im_feat - ccp[k:k + n] + np.float32(1e-6)), axis=1))
+                      for k in range(2 * vshift + 1)], axis=1)  # [N, 2 vshift + 1]
+    mdist = dists.mean(axis=0)
+    minidx = int(np.argmin(mdist))
     min_dist = mdist[minidx]
-    median = jnp.sort(mdist)[(win - 1) // 2]  # torch.median: the lower middle value
-    fconf = median - dists[:, minidx]
-    half = MEDFILT // 2
-    padded = jnp.pad(fconf, (half, half))
-    windows = padded[jnp.arange(n)[:, None] + jnp.arange(MEDFILT)[None]]
-    framewise = jnp.sort(windows, axis=1)[:, half]  # scipy.signal.medfilt(fconf, 9)
-    return dict(dists=dists, mdist=mdist, minidx=minidx, min_dist=min_dist, median=median,
-                conf=median - min_dist, offset=vshift - minidx, framewise_conf=framewise)
+    median = np.sort(mdist)[vshift]  # torch.median: the lower middle value (odd length: the middle)
+    with warnings.catch_warnings():  # under 9 windows scipy warns that it zero-pads: as evaluate does
+        warnings.simplefilter("ignore", UserWarning)
+        framewise = medfilt(median - dists[:, minidx], MEDFILT).astype(np.float32)
+    return dict(dists=dists, mdist=mdist, minidx=np.int64(minidx), min_dist=min_dist, median=median,
+                conf=median - min_dist, offset=np.int64(vshift - minidx), framewise_conf=framewise)
 
 
 def sync_distances(im_feat, cc_feat, *, vshift: int = VSHIFT) -> dict[str, np.ndarray]:
     """Steps 4-6 on features [N, D] (video, audio): {dists [N, 2v+1], mdist, minidx, min_dist
-    (LSE-D), median, conf (LSE-C), offset, framewise_conf [N]} as numpy (one jit per N, vshift)."""
+    (LSE-D), median, conf (LSE-C), offset, framewise_conf [N]} as numpy."""
     im_feat, cc_feat = np.asarray(im_feat, np.float32), np.asarray(cc_feat, np.float32)
     if im_feat.ndim != 2 or im_feat.shape != cc_feat.shape or len(im_feat) < 1:
         raise ValueError(f"features must be two [N, D] arrays of one shape with N >= 1, got "
                          f"{im_feat.shape} and {cc_feat.shape}")
     if int(vshift) != vshift or vshift < 0:
         raise ValueError(f"vshift must be an integer >= 0, got {vshift}")
-    out = _distances(jnp.asarray(im_feat), jnp.asarray(cc_feat), vshift=int(vshift))
-    return {k: np.asarray(v) for k, v in out.items()}
+    return {k: np.asarray(v) for k, v in _distances(im_feat, cc_feat, int(vshift)).items()}
 
 
 def lse_scores(model, frames: np.ndarray, audio: np.ndarray, *, vshift: int = VSHIFT,

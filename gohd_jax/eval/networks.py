@@ -45,11 +45,6 @@ class LazyItems:
         return self._fn(i)
 
 
-def _split(model):
-    graphdef, state = nnx.split(model)
-    return graphdef, state
-
-
 class SyncNetScorer:
     """LSE on ``SyncNetV2``: ``windows(crops_rgb, audio)`` -> (lip items, MFCC items) of a clip,
     ``scores(lip_features, audio_features)`` -> {lse_c, lse_d, lse_offset}."""
@@ -57,7 +52,7 @@ class SyncNetScorer:
     def __init__(self, model, batch_size: int = 32):
         import jax.numpy as jnp
 
-        graphdef, state = _split(model)
+        graphdef, state = nnx.split(model)
 
         def lip(params, x):  # uint8 [B,5,224,224,3], BGR
             return nnx.merge(graphdef, params).embed_lip(x.astype(jnp.float32))
@@ -103,7 +98,7 @@ class InceptionFeatures:
     SIZE = 299
 
     def __init__(self, model, batch_size: int = 32):
-        graphdef, state = _split(model)
+        graphdef, state = nnx.split(model)
 
         def apply(params, x):
             return nnx.merge(graphdef, params)(x)
@@ -113,19 +108,10 @@ class InceptionFeatures:
     def prepare(self, frames: np.ndarray) -> "LazyItems":
         """frames uint8 [T,H,W,3] -> T items float32 [299,299,3] in [0, 1], each made when the
         batcher takes it (a clip's resized frames are never all held at once)."""
-        from gohd_jax.models.inception_fid import bilinear_taps
+        from gohd_jax.eval.clips import resize_bilinear
 
-        h, w = frames.shape[1:3]
-        rows, cols = bilinear_taps(h, self.SIZE), bilinear_taps(w, self.SIZE)
-
-        def item(i):
-            x = frames[i].astype(np.float32) / 255.0
-            i0, i1, w0, w1 = cols  # the width first, then the height, as torch's kernel does
-            x = x[:, i0] * w0[None, :, None] + x[:, i1] * w1[None, :, None]
-            i0, i1, w0, w1 = rows
-            return x[i0] * w0[:, None, None] + x[i1] * w1[:, None, None]
-
-        return LazyItems(len(frames), item)
+        return LazyItems(len(frames), lambda i: resize_bilinear(frames[i].astype(np.float32) / 255.0,
+                                                                self.SIZE, self.SIZE))
 
 
 class ArcFaceEmbedder:
@@ -133,12 +119,12 @@ class ArcFaceEmbedder:
     ``cosine(reference [512], embeddings [T,512])`` -> [T]."""
 
     def __init__(self, model, batch_size: int = 32):
-        graphdef, state = _split(model)
+        graphdef, state = nnx.split(model)
 
         def apply(params, x):  # uint8 RGB [B,112,112,3] -> [B,512]
-            import jax.numpy as jnp
+            from gohd_jax.eval.csim import network_input
 
-            return nnx.merge(graphdef, params)((x.astype(jnp.float32) - 127.5) / 127.5)
+            return nnx.merge(graphdef, params)(network_input(x))
 
         self.batcher = DeviceBatcher(apply, state, batch_size, name="arcface")
 

@@ -98,11 +98,11 @@ class Evaluator:
             self._fid_sets = {"generated": FrechetStats(), "real": FrechetStats()}
 
     # ---- FID
-    def _fid_items(self, frames: np.ndarray, track) -> np.ndarray:
+    def _fid_items(self, frames: np.ndarray, crops: np.ndarray | None):
+        """FID's items of a clip: every ``fid_every``-th frame, or of its syncnet crops (``crops``,
+        with ``fid_on="faces"``)."""
         every = self.settings.fid_every
-        if self.settings.fid_on == "faces":
-            return self.nets.inception.prepare(clip_io.syncnet_crops(frames[::every], track.boxes[::every]))
-        return self.nets.inception.prepare(frames[::every])
+        return self.nets.inception.prepare((crops if self.settings.fid_on == "faces" else frames)[::every])
 
     def _add_fid(self, key, which: str, items: np.ndarray, row: _Row | None) -> None:
         stats = self._fid_sets[which]
@@ -146,12 +146,15 @@ class Evaluator:
             except SkipVideo as e:
                 row.values["real_error"] = f"unreadable ({e})"
 
+        crops = None  # syncnet_python's face crops, made once for LSE and FID on faces
+        if self.nets.syncnet is not None or (self._fid_sets is not None and s.fid_on == "faces"):
+            crops = clip_io.syncnet_crops(clip.frames, track.boxes)
         if self._fid_sets is not None:
-            self._add_fid(("generated", pair.name), "generated", self._fid_items(clip.frames, track), row)
+            self._add_fid(("generated", pair.name), "generated", self._fid_items(clip.frames, crops), row)
             if real is not None:
                 self._add_real_fid(("real", pair.name), real, row)
         if self.nets.syncnet is not None:
-            self._lse(row, clip, track)
+            self._lse(row, clip, crops)
         if self.nets.arcface is not None:
             self._csim(row, pair, clip, track, real)
         if self.nets.estimators is not None:
@@ -192,20 +195,21 @@ class Evaluator:
             self._describe(row, real, track, "real")
 
     def _add_real_fid(self, key, real: clip_io.EvalClip, row: _Row | None) -> None:
-        track = None
+        crops = None
         if self.settings.fid_on == "faces":
             track = self._track_real(real, row)
             if track is None:
                 return
-        self._add_fid(key, "real", self._fid_items(real.frames, track), row)
+            crops = clip_io.syncnet_crops(real.frames, track.boxes)  # as the generated side's
+        self._add_fid(key, "real", self._fid_items(real.frames, crops), row)
 
-    def _lse(self, row: _Row, clip: clip_io.EvalClip, track) -> None:
+    def _lse(self, row: _Row, clip: clip_io.EvalClip, crops: np.ndarray) -> None:
         sync = self.nets.syncnet
         if not len(clip.audio) or not np.any(clip.audio):
             row.values["lse_error"] = "no audio track" if not len(clip.audio) else "silent audio"
             return
         try:
-            lips, mfcc = sync.windows(clip_io.syncnet_crops(clip.frames, track.boxes), clip.audio)
+            lips, mfcc = sync.windows(crops, clip.audio)
         except ValueError as e:
             row.values["lse_error"] = str(e)
             return
