@@ -19,6 +19,7 @@ from PIL import Image
 
 from gohd_jax.infer import cli
 from gohd_jax.infer.animate import Animate, ClipJob, Controls, Sampling, num_frames
+from gohd_jax.infer.batch_render import BatchRenderer
 from gohd_jax.infer.bundle import Bundle, BundleError, load_bundle, random_bundle
 from tests.conftest import require_shared
 
@@ -499,7 +500,7 @@ def test_manifest_uses_every_column_and_compiles_once(tmp_path, bundle_dir, caps
     monitoring.register_event_duration_secs_listener(
         lambda event, _s, **kw: compiles.append(event) if event == "/jax/core/compile/backend_compile_duration"
         else None)
-    real_batch = cli._BatchRenderer.__call__
+    real_batch = BatchRenderer.__call__
 
     def counting_batch(self, group):
         n = len(compiles)
@@ -508,7 +509,7 @@ def test_manifest_uses_every_column_and_compiles_once(tmp_path, bundle_dir, caps
         finally:
             per_batch.append((len(group), len(compiles) - n))
 
-    monkeypatch.setattr(cli._BatchRenderer, "__call__", counting_batch)
+    monkeypatch.setattr(BatchRenderer, "__call__", counting_batch)
     code = cli.main(["animate", "--manifest", str(tmp_path / "jobs.csv"), "--checkpoint", str(bundle_dir),
                      "--batch-clips", "2", "--sampler", "ddim", "--steps", "2"])
     out = capsys.readouterr().out

@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 
 from gohd_jax.infer import cli
+from gohd_jax.infer.batch_render import BatchRenderer
 from gohd_jax.infer import manifest as M
 
 SR = 16000
@@ -362,7 +363,7 @@ def test_ctrl_c_says_how_to_resume(tmp_path, bundle_dir, capsys, monkeypatch):
     def interrupted(self, group):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli._BatchRenderer, "__call__", interrupted)
+    monkeypatch.setattr(BatchRenderer, "__call__", interrupted)
     code = cli.main(["animate", "--manifest", str(man), "--checkpoint", str(bundle_dir), *FAST])
     err = capsys.readouterr().err
     assert code == 130 and "run the same command again to resume" in err and "Traceback" not in err

@@ -1,6 +1,7 @@
 """gohd: talking-head videos from a portrait and speech (``gohd animate``), driven by reference videos
 where asked (``gohd describe`` reads one once), official checkpoints converted to ours (``gohd
-convert-official``), and the jitted models exported as StableHLO (``gohd export``)."""
+convert-official``), the jitted models exported as StableHLO (``gohd export``), and a web page and
+HTTP API that batch many users' requests (``gohd serve``)."""
 
 from __future__ import annotations
 
@@ -187,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--platforms", default="cpu,cuda,tpu",
                    help="comma-separated platforms to lower each function for (cpu, cuda, rocm, tpu); the "
                         "file loads on any of them")
+    from gohd_jax.serve.cli import add_parser as add_serve
+
+    add_serve(sub)
     return p
 
 
@@ -482,13 +486,6 @@ def _resolve_references(references, values: dict, d0: np.ndarray, c0: np.ndarray
     return out
 
 
-class _NullWriter:
-    """Swallows the frames of a batch's padding clips."""
-
-    def write(self, frames):
-        pass
-
-
 def _check_video_references(args, values: list[tuple[str, str]]) -> None:
     """Refuses a VIDEO control (flag, value) without the estimators' weights (before any model is
     loaded)."""
@@ -613,17 +610,10 @@ def _shard(args) -> tuple[int, int]:
     return jax.process_count(), jax.process_index()
 
 
-@dataclasses.dataclass
-class _Prepared:
-    """A row ready for the device: its job, its audio features and the host seconds per stage."""
-    row: object
-    job: object
-    feats: dict
-    times: dict
-
-
 def _prepare_row(ctx: _Context, engine, args):
-    """row -> _Prepared (raises UsageError / ValueError with one line for a bad row)."""
+    """row -> ``batch_render.Prepared`` (raises UsageError / ValueError with one line for a bad row)."""
+    from gohd_jax.infer.batch_render import Prepared
+
     def prepare(row):
         r = row.values
         times = {}
@@ -645,65 +635,8 @@ def _prepare_row(ctx: _Context, engine, args):
         t0 = time.perf_counter()
         feats = engine.features(job)
         times["features"] = time.perf_counter() - t0
-        return _Prepared(row, job, feats, times)
+        return Prepared(row, job, feats, times)
     return prepare
-
-
-class _BatchRenderer:
-    """Renders batches of prepared rows, each clip to OUT.partial then OUT, one results line per
-    row; a batch that raises is split in halves and rendered again, down to the row that fails."""
-
-    def __init__(self, engine, batch: int, results, *, start: float):
-        self.engine, self.batch, self.results, self.start = engine, batch, results, start
-        self.frames = 0
-        self.run_s = 0.0  # seconds inside the engine (a batch's writers opened, rendered, encoded)
-        self.stage_s: dict[str, float] = {}
-        self.first_output_s: float | None = None  # seconds from ``start`` to the first complete clip
-
-    def __call__(self, group: list) -> None:
-        from gohd_jax.infer.manifest import error_text
-        from gohd_jax.infer.mp4 import Mp4Writer
-
-        pad = [group[-1]] * (self.batch - len(group))  # a fixed batch: one compile for every batch
-        writers = []
-        t0 = time.perf_counter()
-        try:
-            for p in group:
-                writers.append(Mp4Writer(p.row.out, self.engine.size, audio=p.job.wav))
-            drives, times = self.engine.run([p.job for p in group + pad], writers + [_NullWriter()] * len(pad),
-                                            feats=[p.feats for p in group + pad])
-        except Exception as e:
-            for w in writers:
-                w.abort()
-            if len(group) == 1:
-                self.results.write(group[0].row, "failed", error=error_text(e))
-                log.error("row %d (%s) failed: %s", group[0].row.index, group[0].row.key, error_text(e))
-                return
-            h = len(group) // 2
-            log.warning("a batch of %d clips failed (%s); rendering its halves again", len(group), error_text(e))
-            self(group[:h])
-            self(group[h:])
-            return
-        except BaseException:  # Ctrl-C, SIGTERM: no partial file is left as if complete
-            for w in writers:
-                w.abort()
-            raise
-        dt = time.perf_counter() - t0
-        self.run_s += dt
-        for stage, sec in times.seconds.items():
-            self.stage_s[stage] = self.stage_s.get(stage, 0.0) + sec
-        for p, w, d in zip(group, writers, drives):
-            try:
-                w.close()
-            except Exception as e:
-                w.abort()
-                self.results.write(p.row, "failed", error=error_text(e))
-                continue
-            n = len(d["descriptors"])
-            self.frames += n
-            self.results.write(p.row, "ok", frames=n, render_s=dt)
-            if self.first_output_s is None:
-                self.first_output_s = time.perf_counter() - self.start
 
 
 def _count_rows(manifest: str, num_shards: int, shard_index: int) -> tuple[int, int]:
@@ -724,6 +657,7 @@ def cmd_animate_manifest(args) -> int:
 
     from gohd_jax.infer import manifest as M
     from gohd_jax.infer.animate import Animate, Sampling
+    from gohd_jax.infer.batch_render import BatchRenderer
 
     t_start = time.perf_counter()
     try:
@@ -764,7 +698,7 @@ def cmd_animate_manifest(args) -> int:
 
     rows = (r for r in M.iter_rows(args.manifest) if M.shard_of(r.key, num_shards) == shard)
     host_s: dict[str, float] = {}
-    render = _BatchRenderer(engine, b, results, start=t_start)
+    render = BatchRenderer(engine, b, results, start=t_start)
     t_ready = time.perf_counter()
     pipeline = M.HostPipeline(rows, _prepare_row(ctx, engine, args), batch=b, window=window,
                               workers=args.host_workers, length=lambda p: p.feats["frames"], skip=skip,
@@ -924,6 +858,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("jax").setLevel(logging.WARNING)
     logging.getLogger("absl").setLevel(logging.WARNING)
     try:
+        if args.command == "serve":
+            from gohd_jax.serve.cli import cmd_serve
+
+            return cmd_serve(args)
         return {"animate": cmd_animate, "describe": cmd_describe, "convert-official": cmd_convert,
                 "export": cmd_export}[args.command](args)
     except UsageError as e:
