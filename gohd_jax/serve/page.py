@@ -112,19 +112,20 @@ def build_page(service: AnimateService, examples: list[str] | None = None) -> gr
                                     height=256)
                 if examples:
                     gr.Examples(examples=[[e] for e in examples], inputs=[portrait], label="Example portraits")
-                audio = gr.Audio(type="filepath", sources=["upload", "microphone"], label="Speech",
+                audio = gr.Audio(type="filepath", sources=["upload", "microphone"], label="Speech", format=None,
                                  elem_id="speech")
                 with gr.Accordion("Controls", open=True):
+                    pose = gr.Radio(list(POSES), value="generated", label="Head pose", elem_id="pose")
+                    gaze = gr.Radio(list(GAZES), value="generated", label="Gaze", elem_id="gaze")
                     with gr.Row():
-                        pose = gr.Radio(list(POSES), value="generated", label="Head pose", elem_id="pose")
-                        pose_reference = gr.File(label="Pose reference (video or .npz)", type="filepath",
-                                                 elem_id="pose_reference")
-                    with gr.Row():
-                        gaze = gr.Radio(list(GAZES), value="generated", label="Gaze", elem_id="gaze")
                         gaze_pitch = gr.Number(0.0, label="Gaze pitch (rad, for angles)", elem_id="gaze_pitch")
                         gaze_yaw = gr.Number(0.0, label="Gaze yaw (rad, for angles)", elem_id="gaze_yaw")
-                    gaze_reference = gr.File(label="Gaze reference (video or .npz)", type="filepath",
-                                             elem_id="gaze_reference")
+                    with gr.Accordion("Reference videos (for pose or gaze from a video)", open=False):
+                        with gr.Row():
+                            pose_reference = gr.File(label="Pose reference (video or gohd describe .npz)",
+                                                     type="filepath", elem_id="pose_reference", height=120)
+                            gaze_reference = gr.File(label="Gaze reference (video or gohd describe .npz)",
+                                                     type="filepath", elem_id="gaze_reference", height=120)
                     blink = gr.Radio(["on", "off"], value="on", label="Blinks", elem_id="blink")
                     with gr.Row():
                         pose_scale = gr.Slider(0.0, 3.0, value=1.0, step=0.05, label="Pose scale",
