@@ -5,7 +5,7 @@
 
 Each row is one of the real portraits of ``$GOHD_SHARED/assets/gohd_examples/source`` and a cut of
 real speech (``--seconds`` long), prepared by the command's own per-row function
-(``gohd_jax.infer.cli._prepare_row``: read and decode the image and audio, find the face and crop
+(``gohd_jax.infer.cli.prepare_row``: read and decode the image and audio, find the face and crop
 it, the source descriptors, the audio features). No device loop: the table is the rate at which
 the host alone can feed one.
 
@@ -69,7 +69,7 @@ def _estimators():
 
 
 def _prepare_fn(argv: list[str], estimators: bool, image_size: int, condition: str):
-    """The command's per-row function (``cli._prepare_row``) over what it reads of the command's
+    """The command's per-row function (``cli.prepare_row``) over what it reads of the command's
     context: face models, estimators, the bundle's image size and motion condition (the bundle's
     weights are not loaded: a worker process does not need them)."""
     import threading
@@ -82,7 +82,7 @@ def _prepare_fn(argv: list[str], estimators: bool, image_size: int, condition: s
     ctx = types.SimpleNamespace(bundle=types.SimpleNamespace(image_size=image_size), faces=FaceModels(),
                                 estimators=_estimators() if estimators else None, face_lock=threading.Lock())
     features = types.SimpleNamespace(features=lambda job: clip_features(job.wav, condition))
-    return cli._prepare_row(ctx, features, args)
+    return cli.prepare_row(ctx, features, args)
 
 
 _WORKER = {}

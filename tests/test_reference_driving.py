@@ -88,7 +88,7 @@ def setup(tiny_bundle_dir):
     from gohd_jax.infer.animate import Animate, Sampling
 
     args = cli.build_parser().parse_args(["animate", "--checkpoint", str(tiny_bundle_dir)])
-    ctx = cli._Context(args)
+    ctx = cli.Context(args)
     engine = Animate(ctx.bundle, sampling=Sampling("ddim", 2), render_batch=8)
     img = np.asarray(Image.new("RGB", (80, 80), (120, 90, 70)))
     t = np.arange(int(1.1 * SR)) / SR

@@ -80,10 +80,12 @@ def test_tickets_resolve_across_threads_and_buckets_are_powers_of_two():
 
 def test_request_checks_and_output_cleanup(tiny_bundle_dir, tmp_path):
     """Settings no engine takes are refused before any file is read; outputs older than
-    ``keep_outputs_s`` are deleted, younger ones kept."""
+    ``keep_outputs_s`` are deleted, younger ones kept; engines beyond ``max_engines`` are dropped,
+    least recently used first."""
     from gohd_jax.serve.service import AnimateService, Request, RequestError, ServeOptions
 
-    service = AnimateService(ServeOptions(str(tiny_bundle_dir), outputs=str(tmp_path), keep_outputs_s=60))
+    service = AnimateService(ServeOptions(str(tiny_bundle_dir), outputs=str(tmp_path), keep_outputs_s=60,
+                                          max_engines=1))
     try:
         for bad, cause in [({"sampler": "euler"}, "sampler 'euler'"), ({"steps": 0}, "steps 0"),
                            ({"precision": "fp8"}, "precision 'fp8'"), ({"pose_scale": float("nan")}, "pose_scale nan"),
@@ -96,6 +98,10 @@ def test_request_checks_and_output_cleanup(tiny_bundle_dir, tmp_path):
         os.utime(old, (time.time() - 120, time.time() - 120))
         assert service.clean_outputs() == 1 and not old.exists() and new.exists()
         assert service.alive and service.stats()["requests"] == 0
+        first = service.engine(("ddim", 2, "float32"))
+        assert service.engine(("ddim", 2, "float32")) is first
+        service.engine(("ddim", 3, "float32"))  # --max-engines 1: the first is dropped
+        assert list(service.engines) == [("ddim", 3, "float32")]
     finally:
         service.close()
 
@@ -337,10 +343,15 @@ def test_four_concurrent_api_requests_share_a_batch_and_equal_gohd_animate(serve
     for i, (frames, _) in enumerate(served):  # the same frames (and bytes: Mp4Writer keeps x264 deterministic)
         np.testing.assert_array_equal(frames, _decode(tmp_path / f"o{i}.mp4")[0])
 
-    # limits: too long an audio, too big an upload: refused with the cause; the server carries on
+    # bad input and limits: too long an audio, an unreadable one, too big an upload: refused with
+    # the cause; the server carries on
     long_wav = _wav(tmp_path / "long.wav", _speech(21.0))
     with pytest.raises(Exception, match="at most 20 s"):
         clients[0].predict(handle_file(portrait), handle_file(long_wav), **FAST, api_name="/animate")
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF" + os.urandom(4000))
+    with pytest.raises(Exception, match="broken.wav"):  # the file named, not a stack trace
+        clients[0].predict(handle_file(portrait), handle_file(str(broken)), **FAST, api_name="/animate")
     big = tmp_path / "big.png"
     big.write_bytes(b"\x89PNG" + os.urandom(3 * 2**20))
     with pytest.raises(Exception):

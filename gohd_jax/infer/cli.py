@@ -52,6 +52,10 @@ class UsageError(ValueError):
     """A bad input: one line, exit status 2 (in batch mode: that row fails, with this line)."""
 
 
+class NoFaceError(UsageError):
+    """The portrait shows no face and one is required (``--require-face``)."""
+
+
 # ------------------------------------------------------------------------------------ parsing
 
 CONTROL_DEFAULTS = {"pose": "generated", "exp": "audio", "gaze": "generated", "blink": "on"}
@@ -320,7 +324,7 @@ def start_compile_cache(args) -> None:
 
 # ------------------------------------------------------------------------------------ animate
 
-class _Context:
+class Context:
     """What every row needs: the bundle, the face models, the estimators, the references (described
     once each; ``progress``: bars while a reference video is described)."""
 
@@ -386,7 +390,7 @@ def clip_controls(references, values: dict, d0: np.ndarray, c0: np.ndarray, wav:
                     emotion=emotion_refs, emotion_scale=float(emotion_scale))
 
 
-def make_job(ctx: _Context, name: str, img: np.ndarray, wav: np.ndarray, *, where: str, pose: str, gaze: str,
+def make_job(ctx: Context, name: str, img: np.ndarray, wav: np.ndarray, *, where: str, pose: str, gaze: str,
              blink: str, pose_scale: float, exp_scale: float, seed: int, descriptor_file: str | None,
              require_face: bool = False, times: dict | None = None, exp: str = "audio",
              pose_mode: str = "relative", emotion: str | None = None, emotion_mix: float = 0.5,
@@ -408,7 +412,7 @@ def make_job(ctx: _Context, name: str, img: np.ndarray, wav: np.ndarray, *, wher
             src = prepare_source(img, ctx.faces, where=where)  # warns when it finds no face
         times["face"] = time.perf_counter() - t0
         if require_face and not src.face_found:
-            raise UsageError(f"{where}: no face found (--require-face)")
+            raise NoFaceError(f"{where}: no face found (--require-face)")
         t0 = time.perf_counter()
         d0, c0, how = source_descriptors(src, estimators=ctx.estimators, npy=descriptor_file)
         times["descriptors"] = time.perf_counter() - t0
@@ -486,7 +490,7 @@ def _resolve_references(references, values: dict, d0: np.ndarray, c0: np.ndarray
     return out
 
 
-def _check_video_references(args, values: list[tuple[str, str]]) -> None:
+def check_video_references(args, values: list[tuple[str, str]]) -> None:
     """Refuses a VIDEO control (flag, value) without the estimators' weights (before any model is
     loaded)."""
     from gohd_jax.infer.reference import Reference
@@ -524,7 +528,7 @@ def _animate_one(engine, job, out):
 class SingleClip:
     """One ``gohd animate --image/--audio`` clip, ready to render: the context (bundle, face models,
     references), the job, how its source descriptors were obtained, and what it hears."""
-    ctx: _Context
+    ctx: Context
     job: object
     how: str
     heard: str
@@ -540,9 +544,9 @@ def prepare_single(args, *, progress: bool = True) -> SingleClip:
     values = control_values(args)
     parse_pose(values["pose"]), parse_gaze(values["gaze"]), parse_blink(values["blink"]), parse_exp(values["exp"])
     emotion = parse_emotion(args.emotion, args.emotion_mix)
-    _check_video_references(args, list(values.items()) + [("emotion", r.path) for r, _ in emotion])
+    check_video_references(args, list(values.items()) + [("emotion", r.path) for r, _ in emotion])
     img, wav = load_inputs(args.image, args.audio)  # fail fast on bad inputs, before loading models
-    ctx = _Context(args, progress=progress)
+    ctx = Context(args, progress=progress)
     heard = f"the audio of {Path(args.audio).name}" if args.audio else ""
     if wav is None:
         wav, heard = _reference_audio(ctx, args.drive)
@@ -610,7 +614,7 @@ def _shard(args) -> tuple[int, int]:
     return jax.process_count(), jax.process_index()
 
 
-def _prepare_row(ctx: _Context, engine, args):
+def prepare_row(ctx: Context, engine, args):
     """row -> ``batch_render.Prepared`` (raises UsageError / ValueError with one line for a bad row)."""
     from gohd_jax.infer.batch_render import Prepared
 
@@ -675,7 +679,7 @@ def cmd_animate_manifest(args) -> int:
         print(f"0 of {every} rows fall in shard {shard} of {num_shards}: nothing to render")
         return 0
     start_compile_cache(args)
-    ctx = _Context(args, progress=False)
+    ctx = Context(args, progress=False)
     if args.require_face and ctx.faces is None:
         raise UsageError("--require-face needs a face detector (dlib and its landmark model)")
     engine = Animate(ctx.bundle, sampling=Sampling(args.sampler, args.steps), render_batch=args.render_batch,
@@ -700,7 +704,7 @@ def cmd_animate_manifest(args) -> int:
     host_s: dict[str, float] = {}
     render = BatchRenderer(engine, b, results, start=t_start)
     t_ready = time.perf_counter()
-    pipeline = M.HostPipeline(rows, _prepare_row(ctx, engine, args), batch=b, window=window,
+    pipeline = M.HostPipeline(rows, prepare_row(ctx, engine, args), batch=b, window=window,
                               workers=args.host_workers, length=lambda p: p.feats["frames"], skip=skip,
                               start=t_start)
     try:

@@ -19,6 +19,17 @@ import sys
 
 log = logging.getLogger("gohd.serve")
 
+DESCRIPTION = """\
+A web page (Gradio) and HTTP API over gohd animate's batched engines: every control of gohd
+animate, a progress bar, the mp4 in the page. Concurrent requests that share the sampler, steps
+and precision are rendered together, up to --max-batch-clips at a time, each waiting at most
+--max-wait-ms for company.
+
+API: the page's event /animate (portrait file, audio file, then the controls; gradio_client or
+curl, see the README), GET /healthz, GET /stats (JSON: queue_length, requests, batches_run,
+mean_batch_size, frames_per_s, latency percentiles). Nothing is fetched from outside the server.
+"""
+
 EXAMPLES = """\
 examples:
   gohd serve --checkpoint workdir/demo                       # http://127.0.0.1:7860
@@ -30,11 +41,11 @@ examples:
 def add_parser(sub) -> argparse.ArgumentParser:
     """Adds ``serve`` to ``gohd``'s subcommands."""
     s = sub.add_parser("serve", help="a web page and HTTP API that batch many users' requests",
-                       description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=DESCRIPTION, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("--checkpoint", required=True,
                    help="a folder of training runs (as make demo leaves) or a bundle from gohd convert-official")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (%(default)s; 0.0.0.0: every one)")
-    s.add_argument("--port", type=int, default=7860, help="%(default)s")
+    s.add_argument("--port", type=int, default=7860, help="port to listen on (%(default)s)")
     b = s.add_argument_group("batching")
     b.add_argument("--max-batch-clips", type=int, default=4,
                    help="most requests rendered in one batch (%(default)s; 1 = no batching). Batches are padded "
@@ -42,6 +53,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     b.add_argument("--max-wait-ms", type=float, default=500.0,
                    help="how long a request may wait for others to share its batch (%(default)s ms)")
     b.add_argument("--render-batch", type=int, default=16, help="frames per renderer call (%(default)s)")
+    b.add_argument("--max-engines", type=int, default=4,
+                   help="engines kept compiled, one per (sampler, steps, precision) asked for; the least "
+                        "recently used beyond this is dropped (%(default)s)")
     lim = s.add_argument_group("limits")
     lim.add_argument("--max-queue", type=int, default=32,
                      help="requests waiting at most; more are answered 'busy, try again' (%(default)s)")
@@ -88,8 +102,8 @@ def build_app(args, service=None):
         service = AnimateService(ServeOptions(
             checkpoint=args.checkpoint, max_batch_clips=args.max_batch_clips, max_wait_ms=args.max_wait_ms,
             max_queue=args.max_queue, max_audio_s=args.max_audio_s, keep_outputs_s=60.0 * args.keep_outputs_min,
-            render_batch=args.render_batch, require_face=not args.allow_no_face, deep3d=args.deep3d,
-            lm3d=args.lm3d, l2cs=args.l2cs, landmarks=args.landmarks, outputs=args.outputs))
+            render_batch=args.render_batch, max_engines=args.max_engines, require_face=not args.allow_no_face,
+            deep3d=args.deep3d, lm3d=args.lm3d, l2cs=args.l2cs, landmarks=args.landmarks, outputs=args.outputs))
     examples = [] if args.no_examples else example_portraits()
     page = build_page(service, examples)
     page.queue(max_size=args.max_queue + args.max_batch_clips, default_concurrency_limit=args.max_batch_clips)

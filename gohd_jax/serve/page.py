@@ -107,15 +107,20 @@ def build_page(service: AnimateService, examples: list[str] | None = None) -> gr
                     "Upload a portrait and speech (or record it), set the controls, press **Animate**. "
                     "Requests from everyone using this server are rendered together in batches.")
         with gr.Row():
-            with gr.Column():
+            with gr.Column():  # what to animate, and the button
                 portrait = gr.Image(type="filepath", label="Portrait", sources=["upload"], elem_id="portrait",
                                     height=256)
                 if examples:
                     gr.Examples(examples=[[e] for e in examples], inputs=[portrait], label="Example portraits")
                 audio = gr.Audio(type="filepath", sources=["upload", "microphone"], label="Speech", format=None,
                                  elem_id="speech")
+                button = gr.Button("Animate", variant="primary", elem_id="animate")
+            with gr.Column():  # the result, and how it moves
+                video = gr.Video(label="Result", elem_id="result", buttons=["download"], autoplay=False, height=320)
                 with gr.Accordion("Controls", open=True):
-                    pose = gr.Radio(list(POSES), value="generated", label="Head pose", elem_id="pose")
+                    with gr.Row():
+                        pose = gr.Radio(list(POSES), value="generated", label="Head pose", elem_id="pose")
+                        blink = gr.Radio(["on", "off"], value="on", label="Blinks", elem_id="blink")
                     gaze = gr.Radio(list(GAZES), value="generated", label="Gaze", elem_id="gaze")
                     with gr.Row():
                         gaze_pitch = gr.Number(0.0, label="Gaze pitch (rad, for angles)", elem_id="gaze_pitch")
@@ -126,7 +131,6 @@ def build_page(service: AnimateService, examples: list[str] | None = None) -> gr
                                                      type="filepath", elem_id="pose_reference", height=120)
                             gaze_reference = gr.File(label="Gaze reference (video or gohd describe .npz)",
                                                      type="filepath", elem_id="gaze_reference", height=120)
-                    blink = gr.Radio(["on", "off"], value="on", label="Blinks", elem_id="blink")
                     with gr.Row():
                         pose_scale = gr.Slider(0.0, 3.0, value=1.0, step=0.05, label="Pose scale",
                                                elem_id="pose_scale")
@@ -141,9 +145,6 @@ def build_page(service: AnimateService, examples: list[str] | None = None) -> gr
                         seed = gr.Number(0, precision=0, label="Seed", elem_id="seed")
                         precision = gr.Radio(["auto", "float32", "bfloat16"], value="auto", label="Precision",
                                              elem_id="precision")
-                button = gr.Button("Animate", variant="primary", elem_id="animate")
-            with gr.Column():
-                video = gr.Video(label="Result", elem_id="result", buttons=["download"], autoplay=False)
         inputs = [portrait, audio, pose, pose_reference, gaze, gaze_pitch, gaze_yaw, gaze_reference, blink,
                   pose_scale, exp_scale, sampler, steps, seed, precision]
         button.click(animate, inputs=inputs, outputs=video, api_name="animate",

@@ -1,11 +1,11 @@
 """The engine side of ``gohd serve``: requests in, batched renders out.
 
 ``AnimateService`` holds what ``gohd animate --manifest`` holds (the bundle and face models in
-``cli._Context``, an ``Animate`` engine per engine-level setting, the manifest's row preparation
+``cli.Context``, an ``Animate`` engine per engine-level setting, the manifest's row preparation
 and its ``BatchRenderer``), and a ``BatchQueue`` in front of the device:
 
 1. ``prepare(request)`` runs in the caller's thread (decode, face crop, source descriptors,
-   references, audio features: the manifest's ``_prepare_row``, on a one-row manifest built from
+   references, audio features: the manifest's ``prepare_row``, on a one-row manifest built from
    the request), so many requests are prepared at once, as the manifest's host workers do;
 2. ``submit`` queues the prepared clip under its batch key (sampler, steps, precision): clips
    batch together only when one engine can render them;
@@ -22,15 +22,16 @@ written.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import math
+import os
 import shutil
 import tempfile
 import threading
 import time
 import uuid
-from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,7 @@ class ServeOptions:
     max_audio_s: float = 60.0
     keep_outputs_s: float = 3600.0
     render_batch: int = 16
+    max_engines: int = 4
     require_face: bool = True
     deep3d: str | None = None
     lm3d: str | None = None
@@ -151,16 +153,16 @@ class AnimateService:
         from gohd_jax.infer import cli
 
         self.options = o = options
-        if o.max_batch_clips < 1 or o.max_wait_ms < 0 or o.max_queue < 1 or o.max_audio_s <= 0:
-            raise RequestError("--max-batch-clips and --max-queue must be >= 1, --max-wait-ms >= 0, "
-                               "--max-audio-s > 0")
+        if min(o.max_batch_clips, o.max_queue, o.max_engines) < 1 or o.max_wait_ms < 0 or o.max_audio_s <= 0:
+            raise RequestError("--max-batch-clips, --max-queue and --max-engines must be >= 1, --max-wait-ms "
+                               ">= 0, --max-audio-s > 0")
         argv = ["animate", "--checkpoint", o.checkpoint, "--render-batch", str(o.render_batch)]
         for flag in ("deep3d", "lm3d", "l2cs", "landmarks"):
             if getattr(o, flag):
                 argv += [f"--{flag}", getattr(o, flag)]
         self.args = cli.build_parser().parse_args(argv)
         self.args.require_face = o.require_face
-        self.ctx = cli._Context(self.args, progress=False)
+        self.ctx = cli.Context(self.args, progress=False)
         if o.require_face and self.ctx.faces is None:
             log.warning("no face detector: portraits are centre-cropped, a portrait without a face is not refused")
             self.args.require_face = False
@@ -171,13 +173,13 @@ class AnimateService:
         self.outputs.mkdir(parents=True, exist_ok=True)
         self.queue = BatchQueue(max_batch=o.max_batch_clips, max_wait_s=o.max_wait_ms / 1000.0,
                                 max_pending=o.max_queue)
-        self.engines: dict[tuple, object] = {}
+        self.engines: collections.OrderedDict[tuple, object] = collections.OrderedDict()  # most recent last
         self._lock = threading.Lock()
         self._counts = {"requests": 0, "ok": 0, "failed": 0, "refused_busy": 0, "refused_input": 0,
                         "batches_run": 0, "clips_batched": 0, "frames": 0}
         self._render_s = 0.0
-        self._latencies: deque[float] = deque(maxlen=1000)
-        self._batch_sizes: deque[int] = deque(maxlen=1000)
+        self._latencies: collections.deque[float] = collections.deque(maxlen=1000)
+        self._batch_sizes: collections.deque[int] = collections.deque(maxlen=1000)
         self._next_index = 0
         self._started = time.monotonic()
         self._stop = threading.Event()
@@ -223,11 +225,22 @@ class AnimateService:
         from gohd_jax.infer.manifest import Row
 
         row = Row(index, out.name, values)
+        seconds = audio_seconds(request.audio)
+        if seconds is not None and seconds > self.options.max_audio_s + 0.1:  # before it is decoded
+            raise RequestError(f"the audio is {seconds:.1f} s long; this server renders at most "
+                               f"{self.options.max_audio_s:g} s per clip")
         try:
-            cli._check_video_references(self.args, [(k, values[k]) for k in ("pose", "gaze")])
-            prepared = cli._prepare_row(self.ctx, self._features, self.args)(row)
+            cli.check_video_references(self.args, [(k, values[k]) for k in ("pose", "gaze")])
+            prepared = cli.prepare_row(self.ctx, self._features, self.args)(row)
+        except cli.NoFaceError:
+            raise RequestError(f"no face found in the portrait {Path(request.image).name}: upload a photo with "
+                               "a visible face") from None
         except (cli.UsageError, ValueError) as e:
-            raise RequestError(" ".join(str(e).split())) from None
+            text = " ".join(str(e).split())
+            for path in {request.image, request.audio, request.pose, request.gaze}:  # uploads by their own name
+                if path and os.sep in str(path):
+                    text = text.replace(str(path), Path(path).name)
+            raise RequestError(text) from None
         seconds = len(prepared.job.wav) / 16000
         if seconds > self.options.max_audio_s:
             raise RequestError(f"the audio is {seconds:.1f} s long; this server renders at most "
@@ -278,15 +291,22 @@ class AnimateService:
     # ----------------------------------------------------------------------------- device
 
     def engine(self, key: tuple[str, int, str]):
-        """The ``Animate`` engine for a batch key, built the first time it is asked for."""
+        """The ``Animate`` engine for a batch key, built the first time it is asked for; at most
+        ``max_engines`` are kept (the least recently used is dropped with its compiled programs,
+        so requests cycling through sampler settings cannot grow memory without bound)."""
         from gohd_jax.infer.animate import Animate, Sampling
 
-        if key not in self.engines:
-            sampler, steps, precision = key
-            t0 = time.perf_counter()
-            self.engines[key] = Animate(self.ctx.bundle, sampling=Sampling(sampler, steps),
-                                        render_batch=self.options.render_batch, precision=precision)
-            log.info("engine %s ready in %.1f s", key, time.perf_counter() - t0)
+        if key in self.engines:
+            self.engines.move_to_end(key)
+            return self.engines[key]
+        while len(self.engines) >= self.options.max_engines:
+            dropped, _ = self.engines.popitem(last=False)
+            log.info("engine %s dropped (--max-engines %d)", dropped, self.options.max_engines)
+        sampler, steps, precision = key
+        t0 = time.perf_counter()
+        self.engines[key] = Animate(self.ctx.bundle, sampling=Sampling(sampler, steps),
+                                    render_batch=self.options.render_batch, precision=precision)
+        log.info("engine %s ready in %.1f s", key, time.perf_counter() - t0)
         return self.engines[key]
 
     def _device_loop(self) -> None:
@@ -389,8 +409,26 @@ class AnimateService:
             shutil.rmtree(self.outputs, ignore_errors=True)
 
 
+def audio_seconds(path: str) -> float | None:
+    """The duration a file's header gives (libsndfile, else the container's), None if it gives none
+    (the decoded length is checked then)."""
+    try:
+        import soundfile
+
+        return float(soundfile.info(path).duration)
+    except Exception:
+        pass
+    try:
+        import av
+
+        with av.open(path) as c:
+            return None if c.duration is None else c.duration / 1e6
+    except Exception:
+        return None
+
+
 class _Features:
-    """The audio features ``_prepare_row`` asks an engine for; they depend on the bundle only."""
+    """The audio features ``prepare_row`` asks an engine for; they depend on the bundle only."""
 
     def __init__(self, bundle):
         self.condition = bundle.pose_spec.condition
