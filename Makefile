@@ -44,7 +44,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 
 test-slow: $(VENV)/.installed
-	$(PY) -m pytest -q -n 2 -m ''
+	$(PY) -m pytest -q -n 2 --dist loadgroup -m ''
 
 bench: $(VENV)/.installed
 	$(PY) bench/bench_data.py

@@ -244,6 +244,7 @@ def _fill(page, base: str, portrait: str, speech: str) -> None:
                            state="attached")
 
 
+@pytest.mark.xdist_group("serve")  # one server per module (with --dist loadgroup)
 @pytest.mark.slow  # with the module's server: ~1 min of a worker (server start, two engine compiles)
 def test_page_in_headless_chromium_renders_a_video_with_audio(server, tmp_path):
     base, _, _ = server
@@ -270,6 +271,7 @@ def test_page_in_headless_chromium_renders_a_video_with_audio(server, tmp_path):
     assert _get(base + "/stats")["requests"] == before + 1
 
 
+@pytest.mark.xdist_group("serve")  # one server per module (with --dist loadgroup)
 @pytest.mark.slow  # seconds with the module's server
 def test_page_shows_bad_input_and_silence_and_the_server_keeps_running(server, tmp_path):
     from PIL import Image
@@ -298,6 +300,7 @@ def test_page_shows_bad_input_and_silence_and_the_server_keeps_running(server, t
     assert _get(base + "/healthz")["ok"]
 
 
+@pytest.mark.xdist_group("serve")  # one server per module (with --dist loadgroup)
 @pytest.mark.slow  # ~40 s with the module's server (a batch of 4 compiles; gohd animate in a subprocess)
 def test_four_concurrent_api_requests_share_a_batch_and_equal_gohd_animate(server, tmp_path):
     from gradio_client import Client, handle_file
@@ -359,6 +362,7 @@ def test_four_concurrent_api_requests_share_a_batch_and_equal_gohd_animate(serve
     assert _get(base + "/healthz")["ok"]
 
 
+@pytest.mark.xdist_group("serve")  # one server per module (with --dist loadgroup)
 @pytest.mark.slow  # seconds with the module's server
 def test_the_readmes_curl_example_runs_as_written(server, tmp_path):
     """The README's curl block, run by bash against the server: out.mp4 has the frames of the
