@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gohd_jax.serve.batcher import BatchQueue, Busy
-from gohd_jax.serve.service import bucket
+from gohd_jax.infer.serve.batcher import BatchQueue, Busy
+from gohd_jax.infer.serve.service import bucket
 from tests.conftest import require_shared
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,7 +82,7 @@ def test_request_checks_and_output_cleanup(tiny_bundle_dir, tmp_path):
     """Settings no engine takes are refused before any file is read; outputs older than
     ``keep_outputs_s`` are deleted, younger ones kept; engines beyond ``max_engines`` are dropped,
     least recently used first."""
-    from gohd_jax.serve.service import AnimateService, Request, RequestError, ServeOptions
+    from gohd_jax.infer.serve.service import AnimateService, Request, RequestError, ServeOptions
 
     service = AnimateService(ServeOptions(str(tiny_bundle_dir), outputs=str(tmp_path), keep_outputs_s=60,
                                           max_engines=1))
@@ -107,8 +107,8 @@ def test_request_checks_and_output_cleanup(tiny_bundle_dir, tmp_path):
 
 
 def test_page_values_map_to_gohd_animate_controls():
-    from gohd_jax.serve.page import INPUTS, request_from
-    from gohd_jax.serve.service import RequestError
+    from gohd_jax.infer.serve.page import INPUTS, request_from
+    from gohd_jax.infer.serve.service import RequestError
 
     r = request_from("p.png", "s.wav", pose="still", gaze="angles", gaze_pitch=0.1, gaze_yaw=-0.2, blink="off")
     assert (r.pose, r.gaze, r.blink) == ("still", "0.1,-0.2", "off")

@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--platforms", default="cpu,cuda,tpu",
                    help="comma-separated platforms to lower each function for (cpu, cuda, rocm, tpu); the "
                         "file loads on any of them")
-    from gohd_jax.serve.cli import add_parser as add_serve
+    from gohd_jax.infer.serve.cli import add_parser as add_serve
 
     add_serve(sub)
     return p
@@ -863,7 +863,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("absl").setLevel(logging.WARNING)
     try:
         if args.command == "serve":
-            from gohd_jax.serve.cli import cmd_serve
+            from gohd_jax.infer.serve.cli import cmd_serve
 
             return cmd_serve(args)
         return {"animate": cmd_animate, "describe": cmd_describe, "convert-official": cmd_convert,

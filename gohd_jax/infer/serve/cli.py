@@ -95,8 +95,8 @@ def build_app(args, service=None):
         from fastapi import FastAPI
     except ImportError:
         raise SystemExit("gohd serve needs Gradio: pip install 'gohd-jax[serve]'") from None
-    from gohd_jax.serve.page import build_page
-    from gohd_jax.serve.service import AnimateService, ServeOptions
+    from gohd_jax.infer.serve.page import build_page
+    from gohd_jax.infer.serve.service import AnimateService, ServeOptions
 
     if service is None:
         service = AnimateService(ServeOptions(
@@ -126,7 +126,7 @@ def build_app(args, service=None):
 def cmd_serve(args) -> int:
     import uvicorn
 
-    from gohd_jax.serve.service import RequestError
+    from gohd_jax.infer.serve.service import RequestError
 
     if args.max_upload_mb <= 0 or args.keep_outputs_min <= 0:
         print("gohd serve: error: --max-upload-mb and --keep-outputs-min must be > 0", file=sys.stderr)

@@ -19,8 +19,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is i
 
 import gradio as gr  # noqa: E402
 
-from gohd_jax.serve.batcher import Busy  # noqa: E402
-from gohd_jax.serve.service import DDPM_STEPS, AnimateService, Progress, Request, RequestError  # noqa: E402
+from gohd_jax.infer.serve.batcher import Busy  # noqa: E402
+from gohd_jax.infer.serve.service import DDPM_STEPS, AnimateService, Progress, Request, RequestError  # noqa: E402
 
 log = logging.getLogger("gohd.serve")
 

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gohd_jax.serve.batcher import BatchQueue, Busy, Ticket
+from gohd_jax.infer.serve.batcher import BatchQueue, Busy, Ticket
 
 log = logging.getLogger("gohd.serve")
 
