@@ -180,10 +180,13 @@ def torch_save_zip(obj, *, byteorder="little", prefix="archive") -> bytes:
 def torch_save_legacy(obj) -> bytes:
     """torch.save(obj, _use_new_zipfile_serialization=False)."""
     storages: dict[str, FakeStorage] = {}
+    keys: dict[int, str] = {}
 
     def persistent_id(x):
         if isinstance(x, FakeStorage):
-            key = str(94000000 + id(x) % 1000003)  # like str(storage._cdata): a pointer value
+            # like str(storage._cdata): a pointer value, one per storage (``id(x) % prime`` collided
+            # now and then among ArcFace's hundreds of storages: a "corrupt" file in CI)
+            key = keys.setdefault(id(x), str(94000000 + 64 * len(keys)))
             storages[key] = x
             return ("storage", x.type_global, key, "cpu", x.numel, None)
         return None

@@ -127,7 +127,6 @@ class _ProgressWriter:
 class _Item:
     prepared: object
     progress: Progress
-    submitted: float
 
 
 class _Results:
@@ -179,7 +178,6 @@ class AnimateService:
                         "batches_run": 0, "clips_batched": 0, "frames": 0}
         self._render_s = 0.0
         self._latencies: collections.deque[float] = collections.deque(maxlen=1000)
-        self._batch_sizes: collections.deque[int] = collections.deque(maxlen=1000)
         self._next_index = 0
         self._started = time.monotonic()
         self._stop = threading.Event()
@@ -254,7 +252,7 @@ class AnimateService:
     def submit(self, request: Request, prepared, progress: Progress) -> Ticket:
         """Queues a prepared clip; raises ``Busy`` when the queue is full."""
         progress.stage = "queued"
-        item = _Item(prepared, progress, time.monotonic())
+        item = _Item(prepared, progress)
         try:
             ticket = self.queue.submit(request.key(), item)
         except Busy:
@@ -271,6 +269,11 @@ class AnimateService:
         failed render) or Busy. ``on_wait(progress, position)`` is called every ``poll_s`` while it
         waits (the page's progress bar)."""
         progress = progress or Progress()
+        start = time.monotonic()
+        if len(self.queue) >= self.options.max_queue:  # refused before any host work (submit checks again)
+            with self._lock:
+                self._counts["refused_busy"] += 1
+            raise Busy(f"{self.options.max_queue} requests are already waiting")
         try:
             prepared = self.prepare(request, progress)
         except RequestError:
@@ -282,7 +285,7 @@ class AnimateService:
             if on_wait is not None:
                 on_wait(progress, self.queue.position(ticket))
         with self._lock:
-            self._latencies.append(time.monotonic() - ticket.item.submitted)
+            self._latencies.append(time.monotonic() - start)  # preparation, queue, render and encoding
             self._counts["ok" if ticket.error is None else "failed"] += 1
         if ticket.error is not None:
             raise ticket.error
@@ -351,7 +354,6 @@ class AnimateService:
                 self._counts["clips_batched"] += len(tickets)
                 self._counts["frames"] += renderer.frames
                 self._render_s += dt
-                self._batch_sizes.append(len(tickets))
             log.info("batch of %d clips (%s): %d frames in %.1f s", len(tickets), tickets[0].key, renderer.frames, dt)
 
     # ----------------------------------------------------------------------------- upkeep
@@ -381,7 +383,7 @@ class AnimateService:
 
     def stats(self) -> dict:
         """The counters of ``GET /stats`` (seconds; ``frames_per_s``: frames over the seconds the
-        device spent on batches)."""
+        device spent on batches; latency: from a request's arrival to its mp4, over the last 1000)."""
         with self._lock:
             c = dict(self._counts)
             lat = sorted(self._latencies)
