@@ -106,7 +106,7 @@ def build_app(args, service=None):
             deep3d=args.deep3d, lm3d=args.lm3d, l2cs=args.l2cs, landmarks=args.landmarks, outputs=args.outputs))
     examples = [] if args.no_examples else example_portraits()
     page = build_page(service, examples)
-    page.queue(max_size=args.max_queue + args.max_batch_clips, default_concurrency_limit=args.max_batch_clips)
+    page.queue(max_size=args.max_queue + args.max_batch_clips)  # the event sets its own concurrency limit
     app = FastAPI(title="gohd serve")
 
     @app.get("/healthz")

@@ -299,18 +299,21 @@ class AnimateService:
         so requests cycling through sampler settings cannot grow memory without bound)."""
         from gohd_jax.infer.animate import Animate, Sampling
 
-        if key in self.engines:
-            self.engines.move_to_end(key)
-            return self.engines[key]
-        while len(self.engines) >= self.options.max_engines:
-            dropped, _ = self.engines.popitem(last=False)
-            log.info("engine %s dropped (--max-engines %d)", dropped, self.options.max_engines)
+        with self._lock:
+            if key in self.engines:
+                self.engines.move_to_end(key)
+                return self.engines[key]
         sampler, steps, precision = key
         t0 = time.perf_counter()
-        self.engines[key] = Animate(self.ctx.bundle, sampling=Sampling(sampler, steps),
-                                    render_batch=self.options.render_batch, precision=precision)
+        engine = Animate(self.ctx.bundle, sampling=Sampling(sampler, steps),
+                         render_batch=self.options.render_batch, precision=precision)
+        with self._lock:  # stats() lists the engines from other threads
+            while len(self.engines) >= self.options.max_engines:
+                dropped, _ = self.engines.popitem(last=False)
+                log.info("engine %s dropped (--max-engines %d)", dropped, self.options.max_engines)
+            self.engines[key] = engine
         log.info("engine %s ready in %.1f s", key, time.perf_counter() - t0)
-        return self.engines[key]
+        return engine
 
     def _device_loop(self) -> None:
         from gohd_jax.infer.batch_render import BatchRenderer
@@ -326,13 +329,12 @@ class AnimateService:
             try:
                 engine = self.engine(tickets[0].key)
                 by_row = {t.item.prepared.row.index: t for t in tickets}
-                progress = {t.item.prepared.row.index: t.item.progress for t in tickets}
 
-                def open_writer(p, engine=engine, progress=progress):
+                def open_writer(p, engine=engine, by_row=by_row):
                     from gohd_jax.infer.mp4 import Mp4Writer
 
                     return _ProgressWriter(Mp4Writer(p.row.out, engine.size, audio=p.job.wav),
-                                           progress[p.row.index])
+                                           by_row[p.row.index].item.progress)
 
                 renderer = BatchRenderer(engine, lambda n: bucket(n, self.options.max_batch_clips),
                                          _Results(by_row), start=time.perf_counter(), open_writer=open_writer)
@@ -388,6 +390,7 @@ class AnimateService:
             c = dict(self._counts)
             lat = sorted(self._latencies)
             render_s = self._render_s
+            engines = [list(k) for k in self.engines]
         pct = lambda q: round(float(np.percentile(lat, q)), 3) if lat else None  # noqa: E731
         return {
             "queue_length": len(self.queue), "requests": c["requests"], "ok": c["ok"], "failed": c["failed"],
@@ -397,7 +400,7 @@ class AnimateService:
             "frames": c["frames"], "render_s": round(render_s, 3),
             "frames_per_s": round(c["frames"] / render_s, 2) if render_s > 0 else 0.0,
             "latency_p50_s": pct(50), "latency_p95_s": pct(95),
-            "engines": [list(k) for k in self.engines], "max_batch_clips": self.options.max_batch_clips,
+            "engines": engines, "max_batch_clips": self.options.max_batch_clips,
             "max_wait_ms": self.options.max_wait_ms, "uptime_s": round(time.monotonic() - self._started, 1),
         }
 
