@@ -251,10 +251,19 @@ def _finish_manifest(root: Path, names: list[str], plan: dict, extra_skipped: li
         if done is None:
             raise DatasetError(f"shard {name} in {root} did not finish; rerun the writer to complete it")
         shards.append(done)
-    records = [r for s in shards for r in s["records"]]
     skipped = [k for s in shards for k in s["skipped"]] + list(extra_skipped or [])
+    manifest = manifest_from_shards(shards, plan, skipped)
+    _write_json_atomic(root / MANIFEST, manifest)
+    if skipped:
+        log.warning("%d items skipped (reasons in %s)", len(skipped), root / MANIFEST)
+    return manifest
+
+
+def manifest_from_shards(shards: list[dict], plan: dict, skipped: list[dict]) -> dict:
+    """The manifest of a dataset from its finished shards' markers (in order) and its skips."""
+    records = [r for s in shards for r in s["records"]]
     frames = sum(r["num_frames"] for r in records)
-    manifest = {
+    return {
         "format": FORMAT, "schema_version": schema.SCHEMA_VERSION, "fields": schema.FIELDS,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "dataset": plan["dataset"], "jpeg_quality": plan["jpeg_quality"],
@@ -263,10 +272,6 @@ def _finish_manifest(root: Path, names: list[str], plan: dict, extra_skipped: li
         "num_skipped": len(skipped), "skipped": skipped,
         "shards": [{k: s[k] for k in ("file", "num_records", "bytes", "sha256", "records")} for s in shards],
     }
-    _write_json_atomic(root / MANIFEST, manifest)
-    if skipped:
-        log.warning("%d items skipped (reasons in %s)", len(skipped), root / MANIFEST)
-    return manifest
 
 
 # ----------------------------------------------------------------------------- reader

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from data_pipelines.video.segment import SegmentConfig
 
@@ -19,10 +20,18 @@ examples:
   gohd-preprocess --videos list.txt --out data/vox --num-shards 4 --shard-index $RANK ...
   gohd-preprocess --merge --out data/vox     # after every shard finished: writes manifest.json
   # on SLURM: srun gohd-preprocess --videos list.txt --out data/vox ... && gohd-preprocess --merge --out data/vox
+  # as an Apache Beam pipeline (pip install 'gohd-jax[beam]'): here with 2 worker processes ...
+  gohd-preprocess --runner direct --videos raw/ --out data/hdtf ... --direct_num_workers=2
+  # ... or on Dataflow (any other flag goes to Beam as a pipeline option):
+  gohd-preprocess --runner dataflow --videos gs://B/raw/ --out gs://B/data/vox \
+      --deep3d gs://B/weights/epoch_20.pth --lm3d gs://B/weights/similarity_Lm3D_all.mat \
+      --l2cs gs://B/weights/L2CSNet_gaze360.pkl \
+      --project P --region us-central1 --temp_location gs://B/tmp --requirements_file requirements.lock
 
 what it writes: OUT/videos/*.array_record (clip records, one file per video), OUT/manifest.json
 (read by gohd-data, ClipDataset and the training pipelines; by a run of one shard at its end, by
---merge after a sharded run), OUT/report-<i>-of-<n>.json.
+--merge after a sharded run, by the pipeline's last step with --runner), OUT/report-<i>-of-<n>.json
+(OUT/report-beam.json with --runner: merged from every worker).
 Rerun the same command to resume: finished videos are skipped. Videos that give no clips (not a
 video, corrupt, no audio track, no face, nothing long enough) are counted skips, never fatal.
 
@@ -51,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "(default: the scheduler's task count, else 1)")
     p.add_argument("--shard-index", type=int, help="this process's share (default: the scheduler's task "
                                                    "index, else 0)")
+    p.add_argument("--runner", metavar="NAME",
+                   help="run as an Apache Beam pipeline on this runner: direct (Beam's DirectRunner, "
+                        "this machine), dataflow, flink, spark or any Beam runner name; every flag this "
+                        "command does not know passes to Beam as a pipeline option "
+                        "(--direct_num_workers=2, --project=...); needs the [beam] extra")
     p.add_argument("--merge", action="store_true", help="the final step of a sharded run: check every shard "
                                                         "finished and write OUT/manifest.json (needs only --out)")
     p.add_argument("--min-seconds", type=float, default=d.min_seconds, help="drop shorter clips (%(default)s)")
@@ -68,7 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, beam_args = parser.parse_known_args(argv)
+    if beam_args and not args.runner:
+        parser.error(f"unrecognized arguments: {' '.join(beam_args)} (Beam pipeline options need --runner)")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     from data_pipelines.video import preprocess as pp
@@ -86,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.videos:
         print("gohd-preprocess: --videos is required (or --merge --out DIR)", file=sys.stderr)
         return 2
+    if args.runner:
+        return run_beam(args, beam_args)
     from data_pipelines.video.estimate import Estimators
     from data_pipelines.video.faces import FaceModels, MissingModel
 
@@ -100,14 +119,56 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gohd-preprocess: {e}", file=sys.stderr)
         return 2
     num_shards, shard_index = scheduler_shard(args.num_shards, args.shard_index)
-    seg = SegmentConfig(min_seconds=args.min_seconds, max_seconds=args.max_seconds)
-    cfg = pp.PreprocessConfig(segment=seg, detect_size=args.detect_size, jpeg_quality=args.jpeg_quality,
-                              identity_regex=args.identity_regex or pp.DEFAULT_IDENTITY_REGEX)
+    cfg = _settings(args)
     try:
         report = pp.preprocess(videos, args.out, faces=faces, estimators=estimators, cfg=cfg,
                                shard_index=shard_index, num_shards=num_shards,
                                progress=not args.no_progress)
     except (ValueError, OSError) as e:
+        print(f"gohd-preprocess: {e}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    return 0
+
+
+def _settings(args):
+    from data_pipelines.video import preprocess as pp
+
+    seg = SegmentConfig(min_seconds=args.min_seconds, max_seconds=args.max_seconds)
+    return pp.PreprocessConfig(segment=seg, detect_size=args.detect_size, jpeg_quality=args.jpeg_quality,
+                               identity_regex=args.identity_regex or pp.DEFAULT_IDENTITY_REGEX)
+
+
+def run_beam(args, beam_args: list[str]) -> int:
+    """--runner: the Beam driver (``data_pipelines.video.beam``)."""
+    try:
+        from data_pipelines.video import beam as bp
+    except ImportError as e:
+        print(f"gohd-preprocess: --runner needs Apache Beam ({e}): pip install 'gohd-jax[beam]'", file=sys.stderr)
+        return 2
+    from data_pipelines.records import DatasetError
+    from data_pipelines.video.estimate import WEIGHTS_HELP
+
+    if args.num_shards is not None or args.shard_index is not None:
+        print("gohd-preprocess: --runner splits the work itself; drop --num-shards/--shard-index", file=sys.stderr)
+        return 2
+    videos = bp.list_videos(args.videos)
+    if not videos:
+        print(f"gohd-preprocess: no videos found in {' '.join(args.videos)}", file=sys.stderr)
+        return 2
+    # The weights are checked here, before a pipeline starts (remote ones only for being named).
+    missing = [f"--{n}" for n in ("deep3d", "l2cs") if not getattr(args, n)]
+    absent = [f"--{n} {v}" for n in ("deep3d", "l2cs", "lm3d", "landmarks")
+              if (v := getattr(args, n)) and "://" not in v and not Path(v).is_file()]
+    if missing or absent:
+        print(f"gohd-preprocess: {'missing ' + ', '.join(missing) if missing else ''}"
+              f"{'; ' if missing and absent else ''}{'no such file: ' + ', '.join(absent) if absent else ''}\n"
+              f"{WEIGHTS_HELP}", file=sys.stderr)
+        return 2
+    print(f"gohd-preprocess: {len(videos)} videos -> {args.out} on Beam's {args.runner} runner")
+    try:
+        report = bp.run(videos, args.out, _settings(args), bp.cli_load_models(args), args.runner, beam_args)
+    except DatasetError as e:
         print(f"gohd-preprocess: {e}", file=sys.stderr)
         return 2
     print(format_report(report))
@@ -129,11 +190,15 @@ def scheduler_shard(num_shards: int | None, shard_index: int | None, environ=Non
 
 
 def format_report(r: dict) -> str:
-    lines = [f"shard {r['shard_index']} of {r['num_shards']}: {r['videos_processed']} videos processed "
+    who = r["driver"] if r.get("driver", "local") != "local" else f"shard {r['shard_index']} of {r['num_shards']}"
+    lines = [f"{who}: {r['videos_processed']} videos processed "
              f"({r['videos_already_done']} already done), {r['videos_with_clips']} gave clips, "
              f"{r['clips_written']} clips written; {r['video_frames_decoded']} frames in "
              f"{r['wall_seconds']:.1f} s ({r['frames_per_second']:.1f} frames/s, "
              f"{r['videos_per_second']:.3f} videos/s)"]
+    if r.get("errors"):
+        lines.append("errors (not committed: a rerun tries these again): " + "; ".join(
+            f"{e['video']}: {e['detail']}" for e in r["errors"][:5]) + (" ..." if len(r["errors"]) > 5 else ""))
     if r["videos_skipped"]:
         lines.append("skipped videos: " + ", ".join(f"{k} {v}" for k, v in sorted(r["videos_skipped"].items())))
     if r["clip_drops"]:
@@ -146,8 +211,9 @@ def format_report(r: dict) -> str:
         lines.append(f"shard done (report: report-{r['shard_index']}-of-{r['num_shards']}.json); when every "
                      f"shard is, write the manifest: gohd-preprocess --merge --out OUT")
     else:
-        lines.append(f"dataset now: {r['dataset_clips']} clips, {r['dataset_frames']} frames "
-                     f"(report: report-{r['shard_index']}-of-{r['num_shards']}.json)")
+        name = "report-beam.json" if r.get("driver", "local") != "local" else \
+            f"report-{r['shard_index']}-of-{r['num_shards']}.json"
+        lines.append(f"dataset now: {r['dataset_clips']} clips, {r['dataset_frames']} frames (report: {name})")
     return "\n".join(lines)
 
 

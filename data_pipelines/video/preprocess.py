@@ -48,6 +48,7 @@ from data_pipelines import records, schema
 from data_pipelines.video.decode import AudioStream, SkipVideo, VIDEO_EXTENSIONS, frames_25fps, open_video
 from data_pipelines.video.describe import FrameDescriber, StageTimer, detect_faces
 from data_pipelines.video.faces import FaceModels, crop_and_resize, official_crop_box, to_crop
+from data_pipelines.video.output import VIDEOS, LocalOutput, Output, record_name
 from data_pipelines.video.segment import Clip, SegmentConfig, segment
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,6 @@ __all__ = ["PreprocessConfig", "StageTimer", "process_video", "preprocess", "lis
            "identity_of", "STAGES", "DEFAULT_IDENTITY_REGEX"]
 
 STAGES = ("decode", "detect", "crop", "landmarks", "estimators", "mel", "write")
-VIDEOS = "videos"
 # "12_WRA_RoyBlunt_003" -> "WRA_RoyBlunt": a leading index and a trailing clip number dropped.
 DEFAULT_IDENTITY_REGEX = r"^(?:\d+_)?(?P<id>.+?)(?:_\d+)?$"
 
@@ -75,10 +75,12 @@ class PreprocessConfig:
 
 
 def video_key(path: str | Path) -> str:
-    """A stable file-name-safe key: the stem plus a hash of the resolved path."""
+    """A stable file-name-safe key: the stem plus a hash of the resolved path (of the URL itself
+    for a path such as ``gs://bucket/a.mp4``)."""
     p = Path(path)
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", p.stem)[:60] or "video"
-    return f"{stem}-{hashlib.sha1(str(p.resolve()).encode()).hexdigest()[:10]}"
+    full = str(path) if "://" in str(path) else str(p.resolve())
+    return f"{stem}-{hashlib.sha1(full.encode()).hexdigest()[:10]}"
 
 
 def identity_of(path: str | Path, regex: str = DEFAULT_IDENTITY_REGEX) -> str:
@@ -154,19 +156,36 @@ def _clip_record(builder: _ClipBuilder, wav: np.ndarray, clip_id: str, identity:
     return recs, records.index_entry(clip, recs, digest)
 
 
-def process_video(path: str, root: Path, faces: FaceModels, estimators, cfg: PreprocessConfig) -> dict:
-    """Writes one video's clips to ``root/videos/<key>.array_record`` and its marker; returns the
-    marker. SkipVideo reasons land in the marker (``skipped``), never as exceptions."""
+def process_video(path: str, out: Output | str | Path, faces: FaceModels, estimators, cfg: PreprocessConfig,
+                  work: Path | None = None, source: str | None = None) -> dict:
+    """One video -> its clip records committed to ``out`` (``videos/<key>.array_record``, then its
+    marker; ``output.Output``); returns the marker. The records are written to a temporary file in
+    ``work`` (default: ``out``'s own videos folder, when ``out`` is local) and put in place by
+    ``out.commit``.
+
+    SkipVideo reasons land in the marker (``skipped``), never as exceptions. Any other exception
+    (a bug, a decoder crash, a transient read error) becomes a skip with reason ``error`` whose
+    marker is *not* committed (``marker["committed"]`` False), so that a rerun tries the video
+    again; the manifest of this run still lists it among the skips.
+
+    ``source``: the video's own path when ``path`` is a local copy of it (a remote video on a Beam
+    worker); its key, name and identity come from ``source``."""
     from array_record.python.array_record_module import ArrayRecordWriter
 
-    key = video_key(path)
-    name = f"{VIDEOS}/{key}.array_record"
-    (root / VIDEOS).mkdir(parents=True, exist_ok=True)
+    out = out if isinstance(out, Output) else LocalOutput(out)
+    if work is None:
+        if not isinstance(out, LocalOutput):
+            raise ValueError("process_video: give `work` (a local folder) for a non-local output")
+        work = out.path / VIDEOS
+    source = str(source or path)
+    key = video_key(source)
+    name = record_name(key)
     timer = StageTimer()
-    marker = {"file": name, "video": Path(path).name, "num_records": 0, "records": [], "skipped": [],
+    marker = {"file": name, "video": _name(source), "num_records": 0, "records": [], "skipped": [],
               "drops": {}, "num_video_frames": 0}
     t0 = time.perf_counter()
-    tmp = root / (name + ".tmp")
+    tmp = Path(work) / f"{key}.array_record.{os.getpid()}.tmp"
+    committed = True
     try:
         info = open_video(path)
         if info.variable_frame_rate:
@@ -185,7 +204,7 @@ def process_video(path: str, root: Path, faces: FaceModels, estimators, cfg: Pre
         if not clips:
             raise SkipVideo("no_usable_clip", f"no clip of >= {cfg.segment.min_seconds} s "
                             f"(boundaries: {drops})")
-        identity = identity_of(path, cfg.identity_regex)
+        identity = identity_of(source, cfg.identity_regex)
         writer = ArrayRecordWriter(str(tmp), f"group_size:1,{cfg.compression}")
         position = 0  # the next record's index in this video's shard
         try:
@@ -217,7 +236,7 @@ def process_video(path: str, root: Path, faces: FaceModels, estimators, cfg: Pre
                     if t < cfg.segment.min_seconds * schema.FPS:
                         marker["drops"]["too_short"] = marker["drops"].get("too_short", 0) + 1
                         continue
-                    recs, entry = _clip_record(builder, wav, f"{key}-{n:03d}", identity, Path(path).name, timer)
+                    recs, entry = _clip_record(builder, wav, f"{key}-{n:03d}", identity, _name(source), timer)
                     with timer("write", 0):
                         position = records.append_clip(writer, recs, entry, position)
                     marker["records"].append(entry)
@@ -228,48 +247,36 @@ def process_video(path: str, root: Path, faces: FaceModels, estimators, cfg: Pre
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         marker["sha256"] = records._sha256_file(tmp)
-        os.replace(tmp, root / name)
-        marker["bytes"] = (root / name).stat().st_size
+        marker["bytes"] = tmp.stat().st_size
         marker["num_records"] = len(marker["records"])
     except SkipVideo as e:
         log.warning("skipping %s: %s", path, e)
-        marker["skipped"] = [{"video": Path(path).name, "reason": e.reason, "detail": e.detail}]
-        marker["file"] = None
-        tmp.unlink(missing_ok=True)
+        marker.update(file=None, num_records=0, records=[],
+                      skipped=[{"video": _name(source), "reason": e.reason, "detail": e.detail}])
+    except Exception as e:  # never fatal to the run: a counted skip, retried by the next run
+        log.exception("skipping %s after an error", path)
+        marker.update(file=None, num_records=0, records=[],
+                      skipped=[{"video": _name(source), "reason": "error", "detail": f"{type(e).__name__}: {e}"}])
+        committed = False
     marker["timing"] = timer.as_dict()
     marker["wall_seconds"] = round(time.perf_counter() - t0, 3)
-    records._write_json_atomic(_marker_path(root, key), marker)
-    return marker
-
-
-def _marker_path(root: Path, key: str) -> Path:
-    return root / VIDEOS / f"{key}.array_record.done.json"  # the name records._shard_done reads
-
-
-def _done(root: Path, key: str) -> dict | None:
-    p = _marker_path(root, key)
-    if not p.is_file():
-        return None
     try:
-        m = json.loads(p.read_text())
-    except json.JSONDecodeError:
-        return None
-    if m.get("num_records", 0) and (not (root / m["file"]).is_file()
-                                    or (root / m["file"]).stat().st_size != m.get("bytes")):
-        return None
-    return m
+        if committed:
+            out.commit(key, tmp if marker["num_records"] else None, marker)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {**marker, "committed": committed}
 
 
-def write_manifest(root: Path, plan: dict) -> dict:
+def _name(path: str) -> str:
+    """A video's file name (local paths and URLs such as gs://bucket/a/b.mp4 alike)."""
+    return str(path).rstrip("/").rsplit("/", 1)[-1]
+
+
+def write_manifest(root: Path | Output, plan: dict, errors: list[dict] | None = None) -> dict:
     """Rebuilds ``manifest.json`` from every finished video's marker in ``root``."""
-    markers = []
-    for p in sorted((root / VIDEOS).glob("*.array_record.done.json")):
-        m = _done(root, p.name[:-len(".array_record.done.json")])
-        if m is not None:
-            markers.append(m)
-    names = [m["file"] for m in markers if m["num_records"]]
-    skipped = [s for m in markers for s in m["skipped"]]
-    return records._finish_manifest(root, names, plan, extra_skipped=skipped)
+    out = root if isinstance(root, Output) else LocalOutput(root)
+    return out.write_manifest(plan, errors=errors)
 
 
 class ShardsUnfinished(records.DatasetError):
@@ -293,7 +300,34 @@ def merge(out: str | Path) -> dict:
         raise ShardsUnfinished(f"{root}: shards {', '.join(map(str, missing))} of {n} have not finished; "
                                f"merge after every shard has")
     plan = json.loads((root / records.PLAN).read_text())
-    return write_manifest(root, plan)
+    errors = [e for i in range(n) for e in json.loads((root / f"report-{i}-of-{n}.json").read_text()).get("errors", [])]
+    return write_manifest(root, plan, errors=errors)
+
+
+def plan_of(cfg: PreprocessConfig) -> dict:
+    """``plan.json``: the settings a rerun over the same output must share."""
+    plan = {"format": records.FORMAT, "schema_version": schema.SCHEMA_VERSION, "num_items": None,
+            "clips_per_shard": None, "jpeg_quality": cfg.jpeg_quality, "compression": cfg.compression,
+            "dataset": cfg.plan()}
+    return json.loads(json.dumps(plan, sort_keys=True))
+
+
+def run_report(markers: list[dict], wall: float, manifest: dict | None, **head) -> dict:
+    """A run's report from the markers of the videos it processed (``process_video``'s returns)."""
+    timer, skips, drops = StageTimer(), Counter(), Counter()
+    for m in markers:
+        timer.merge(m["timing"])
+        skips.update(s["reason"] for s in m["skipped"])
+        drops.update(m["drops"])
+    frames = sum(m["num_video_frames"] for m in markers)
+    n = len(markers)
+    return {**head, "videos_processed": n, "videos_with_clips": n - sum(skips.values()),
+            "videos_skipped": dict(skips), "clips_written": sum(m["num_records"] for m in markers),
+            "clip_drops": dict(drops), "video_frames_decoded": frames, "wall_seconds": round(wall, 2),
+            "videos_per_second": round(n / max(wall, 1e-9), 4),
+            "frames_per_second": round(frames / max(wall, 1e-9), 2), "stages": timer.as_dict(),
+            "errors": [s for m in markers if not m.get("committed", True) for s in m["skipped"]],
+            "dataset_clips": manifest and manifest["num_clips"], "dataset_frames": manifest and manifest["num_frames"]}
 
 
 def preprocess(videos: list[str], out: str | Path, *, faces: FaceModels, estimators,
@@ -305,24 +339,14 @@ def preprocess(videos: list[str], out: str | Path, *, faces: FaceModels, estimat
     shard has finished (the report's ``dataset_clips`` is then None)."""
     if not 0 <= shard_index < num_shards:
         raise ValueError(f"--shard-index {shard_index} must be in [0, --num-shards {num_shards})")
-    root = Path(out)
-    root.mkdir(parents=True, exist_ok=True)
-    plan = {"format": records.FORMAT, "schema_version": schema.SCHEMA_VERSION, "num_items": None,
-            "clips_per_shard": None, "jpeg_quality": cfg.jpeg_quality, "compression": cfg.compression,
-            "dataset": cfg.plan()}
-    plan = json.loads(json.dumps(plan, sort_keys=True))
-    if (root / records.PLAN).is_file():
-        old = json.loads((root / records.PLAN).read_text())
-        if old != plan:
-            raise records.DatasetError(f"{root} holds clips preprocessed with other settings; choose "
-                                       f"another --out or delete it")
-    else:
-        records._write_json_atomic(root / records.PLAN, plan)
+    output = LocalOutput(out)
+    plan = plan_of(cfg)
+    output.check_plan(plan)
     mine = videos[shard_index::num_shards]
-    todo = [v for v in mine if _done(root, video_key(v)) is None]
+    todo = [v for v in mine if output.done(video_key(v)) is None]
     log.info("%d videos in the list, %d for shard %d of %d, %d already done", len(videos), len(mine),
              shard_index, num_shards, len(mine) - len(todo))
-    timer, frames, clips, skips, drops = StageTimer(), 0, 0, Counter(), Counter()
+    done: list[dict] = []
     t0 = time.perf_counter()
     bar = None
     if progress and todo:
@@ -330,28 +354,21 @@ def preprocess(videos: list[str], out: str | Path, *, faces: FaceModels, estimat
         bar = tqdm(total=len(todo), unit="video", desc="preprocessing", dynamic_ncols=True)
     try:
         for path in todo:
-            m = process_video(path, root, faces, estimators, cfg)
-            timer.merge(m["timing"])
-            frames += m["num_video_frames"]
-            clips += m["num_records"]
-            skips.update(s["reason"] for s in m["skipped"])
-            drops.update(m["drops"])
+            done.append(process_video(path, output, faces, estimators, cfg))
             if bar is not None:
                 dt = time.perf_counter() - t0
-                bar.set_postfix(clips=clips, skipped=sum(skips.values()), fps=f"{frames / max(dt, 1e-9):.1f}")
+                bar.set_postfix(clips=sum(m["num_records"] for m in done),
+                                skipped=sum(len(m["skipped"]) for m in done),
+                                fps=f"{sum(m['num_video_frames'] for m in done) / max(dt, 1e-9):.1f}")
                 bar.update(1)
     finally:
         if bar is not None:
             bar.close()
     wall = time.perf_counter() - t0
-    manifest = write_manifest(root, plan) if num_shards == 1 else {"num_clips": None, "num_frames": None}
-    report = {"shard_index": shard_index, "num_shards": num_shards, "videos_in_list": len(videos),
-              "videos_this_shard": len(mine), "videos_already_done": len(mine) - len(todo),
-              "videos_processed": len(todo), "videos_with_clips": len(todo) - sum(skips.values()),
-              "videos_skipped": dict(skips), "clips_written": clips, "clip_drops": dict(drops),
-              "video_frames_decoded": frames, "wall_seconds": round(wall, 2),
-              "videos_per_second": round(len(todo) / max(wall, 1e-9), 4),
-              "frames_per_second": round(frames / max(wall, 1e-9), 2), "stages": timer.as_dict(),
-              "dataset_clips": manifest["num_clips"], "dataset_frames": manifest["num_frames"]}
-    records._write_json_atomic(root / f"report-{shard_index}-of-{num_shards}.json", report)
+    errors = [s for m in done if not m["committed"] for s in m["skipped"]]
+    manifest = output.write_manifest(plan, errors=errors) if num_shards == 1 else None
+    report = run_report(done, wall, manifest, driver="local", shard_index=shard_index, num_shards=num_shards,
+                        videos_in_list=len(videos), videos_this_shard=len(mine),
+                        videos_already_done=len(mine) - len(todo))
+    output.write_json(f"report-{shard_index}-of-{num_shards}.json", report)
     return report

@@ -1,0 +1,187 @@
+"""gohd-preprocess on Apache Beam (``--runner``): the same records and manifest as the local driver;
+a video that raises is a counted skip, a worker killed mid-commit leaves nothing listed, a rerun
+skips finished videos.
+
+The equivalence test runs the real estimators (weights rebuilt from the reference manifests) on
+the first 3 s of each real example clip, with Beam's DirectRunner on 2 worker processes started
+by the ``gohd-preprocess`` CLI. The fault tests run the pipeline in this process (DirectRunner,
+one worker, so that a patched function reaches the worker) with ``FakeEstimators``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("apache_beam", reason="the [beam] extra is not installed (make test installs it)")
+
+from data_pipelines.records import ClipDataset, load_manifest  # noqa: E402
+from data_pipelines.video import beam as bp, preprocess as pp  # noqa: E402
+from data_pipelines.video.faces import FaceModels  # noqa: E402
+from data_pipelines.video.output import LocalOutput, marker_name  # noqa: E402
+from data_pipelines.video.segment import SegmentConfig  # noqa: E402
+from tests.conftest import require_shared  # noqa: E402
+from tests.test_preprocess import FakeEstimators, _read, _synthetic_talking_head, _videos, write_video  # noqa: E402
+
+CFG = pp.PreprocessConfig(segment=SegmentConfig(min_seconds=1.0))
+
+
+def fake_models(work=None):
+    """What a worker loads in ``setup``: dlib and the cheap stand-in estimators."""
+    return FaceModels(), FakeEstimators()
+
+
+def _synthetic_videos(folder, n=2, seconds=1.6):
+    folder.mkdir()
+    frames, wav = _synthetic_talking_head(seconds)
+    for i in range(n):
+        write_video(folder / f"{i}_person{i}_000.mp4", frames[i:], audio=wav[i * 640:])
+    return pp.list_videos([folder])
+
+
+def _record_hashes(out):
+    """video file name -> (the sha256 of its ArrayRecord file, its clips' content hashes)."""
+    m = load_manifest(out)
+    return {s["file"].split("/")[-1].rsplit("-", 1)[0]: (s["sha256"], [r["hash"] for r in s["records"]])
+            for s in m["shards"]}
+
+
+def _without_time(manifest):
+    return {k: v for k, v in manifest.items() if k != "created"}
+
+
+@pytest.mark.slow
+def test_beam_and_local_drivers_write_the_same_records_and_manifest(tmp_path):
+    from gohd_jax.interop import oracle_weights as ow
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for v in _videos():  # the first 3 s of each real example clip
+        frames, wav = _read(v, seconds=3.0)
+        write_video(src / v.name, frames, audio=wav)
+    weights = {}
+    for kind in ("deep3d_recon", "l2cs"):
+        man = ow.load_manifest(require_shared("reference", kind, "manifest.json"))
+        weights[kind] = tmp_path / f"{kind}.npz"
+        np.savez(weights[kind], **{k: np.asarray(v) for k, v in ow.make_state_dict(man, ow.manifest_seed(man)).items()})
+    lm3d = require_shared("assets", "deep3d", "BFM", "similarity_Lm3D_all.mat")
+    flags = ["--videos", str(src), "--deep3d", str(weights["deep3d_recon"]), "--l2cs", str(weights["l2cs"]),
+             "--lm3d", str(lm3d), "--no-progress"]
+    # one compile of the estimators for the three processes (the local run's, then both workers')
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax-cache")}
+    cmd = [sys.executable, "-m", "data_pipelines.video.cli"]
+    local = subprocess.run(cmd + flags + ["--out", str(tmp_path / "local")], capture_output=True, text=True,
+                           timeout=900, env=env)
+    assert local.returncode == 0, local.stderr[-3000:]
+    beam = subprocess.run(cmd + flags + ["--out", str(tmp_path / "beam"), "--runner", "direct",
+                                         "--direct_num_workers=2", "--direct_running_mode=multi_processing"],
+                          capture_output=True, text=True, timeout=900, env=env)
+    assert beam.returncode == 0, beam.stderr[-3000:]
+    assert "beam (DirectRunner): 2 videos processed" in beam.stdout, beam.stdout
+
+    # the same records, byte for byte, and the same manifest (but for its creation time)
+    a, b = _record_hashes(tmp_path / "local"), _record_hashes(tmp_path / "beam")
+    assert len(a) == 2 and a == b
+    assert _without_time(load_manifest(tmp_path / "local")) == _without_time(load_manifest(tmp_path / "beam"))
+    ds = ClipDataset(tmp_path / "beam", verify_hashes=True)
+    assert len(ds) == 2 and all(abs(r["num_frames"] - 75) <= 1 for r in ds.index)
+    assert np.isfinite(ds[0]["descriptors"]).all()
+    # the report is merged from both workers' videos
+    report = json.loads((tmp_path / "beam" / bp.REPORT).read_text())
+    assert report["videos_processed"] == 2 and report["clips_written"] == 2
+    assert report["video_frames_decoded"] == json.loads(
+        (tmp_path / "local" / "report-0-of-1.json").read_text())["video_frames_decoded"]
+    assert report["frames_per_second"] > 0 and report["stages"]["frames"]["estimators"] >= 148
+
+
+def test_a_video_that_raises_is_a_counted_skip_and_a_rerun_tries_it_again(tmp_path, monkeypatch):
+    videos = _synthetic_videos(tmp_path / "in")
+    bad = videos[1]
+    real_detect = pp.detect_faces
+
+    def detect(info, *a, **kw):
+        if str(info.path) == bad:
+            raise RuntimeError("decoder crashed")
+        return real_detect(info, *a, **kw)
+
+    monkeypatch.setattr(pp, "detect_faces", detect)
+    out = str(tmp_path / "ds")
+    r = bp.run(videos, out, CFG, fake_models, "direct")
+    assert r["videos_processed"] == 2 and r["videos_with_clips"] == 1
+    assert r["videos_skipped"] == {"error": 1}
+    assert r["errors"] == [{"video": "1_person1_000.mp4", "reason": "error",
+                            "detail": "RuntimeError: decoder crashed"}]
+    m = load_manifest(out)
+    assert m["num_clips"] == 1 and [s["reason"] for s in m["skipped"]] == ["error"]
+    assert LocalOutput(out).done(pp.video_key(bad)) is None  # not committed: retried next time
+
+    monkeypatch.setattr(pp, "detect_faces", real_detect)
+    r = bp.run(videos, out, CFG, fake_models, "direct")
+    assert (r["videos_already_done"], r["videos_processed"], r["clips_written"]) == (1, 1, 1)
+    m = load_manifest(out)
+    assert m["num_clips"] == 2 and m["num_skipped"] == 0
+
+
+class Killed(BaseException):
+    """What a killed worker does to the code it was running: nothing after it runs."""
+
+
+def test_a_worker_killed_mid_commit_leaves_nothing_listed_and_a_rerun_redoes_the_video(tmp_path, monkeypatch):
+    videos = _synthetic_videos(tmp_path / "in")
+    out = str(tmp_path / "ds")
+    victim = pp.video_key(videos[0])
+    real_put = bp.BeamOutput.put
+
+    def put(self, local, name):
+        if victim in name:  # half the records written where they belong, then the worker dies
+            data = open(local, "rb").read()
+            with open(os.path.join(self.root, name), "wb") as f:
+                f.write(data[:len(data) // 2])
+            raise Killed()
+        return real_put(self, local, name)
+
+    monkeypatch.setattr(bp.BeamOutput, "put", put)
+    with pytest.raises(RuntimeError, match="Killed.*ProcessVideos"):  # the pipeline fails (no retry here)
+        bp.run(videos, out, CFG, fake_models, "direct")
+    half = tmp_path / "ds" / "videos" / f"{victim}.array_record"
+    assert half.is_file() and not (tmp_path / "ds" / marker_name(victim)).exists()
+    # nothing lists the half-written file: not the video's done check, not a manifest
+    assert LocalOutput(out).done(victim) is None
+    m = pp.write_manifest(LocalOutput(out), pp.plan_of(CFG))
+    assert all(victim not in s["file"] for s in m["shards"])
+
+    monkeypatch.setattr(bp.BeamOutput, "put", real_put)
+    r = bp.run(videos, out, CFG, fake_models, "direct")  # the retry
+    assert r["videos_processed"] + r["videos_already_done"] == 2
+    ds = ClipDataset(out, verify_hashes=True)  # every listed file whole, every clip's hash right
+    assert len(ds) == 2 and ds.manifest["num_skipped"] == 0
+    assert all(ds[i]["descriptors"].shape[1] == 72 for i in range(len(ds)))
+
+    # a rerun over the same output skips finished videos and leaves their files alone
+    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "ds" / "videos").iterdir()}
+    r = bp.run(videos, out, CFG, fake_models, "direct")
+    assert (r["videos_already_done"], r["videos_processed"]) == (2, 0)
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "ds" / "videos").iterdir()} == stamps
+    assert load_manifest(out)["num_clips"] == 2
+
+
+def test_the_cli_passes_unknown_flags_to_beam_only_with_a_runner(tmp_path):
+    from data_pipelines.video import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["--videos", str(tmp_path), "--out", str(tmp_path / "o"), "--direct_num_workers=2"])
+    res = subprocess.run([sys.executable, "-m", "data_pipelines.video.cli", "--runner", "direct", "--videos",
+                          str(tmp_path), "--out", str(tmp_path / "o"), "--deep3d", "x.pth"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "no videos found" in res.stderr
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    res = subprocess.run([sys.executable, "-m", "data_pipelines.video.cli", "--runner", "direct", "--videos",
+                          str(tmp_path), "--out", str(tmp_path / "o"), "--deep3d", "missing.pth"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "missing --l2cs" in res.stderr and "no such file: --deep3d missing.pth" in res.stderr
+    assert not (tmp_path / "o").exists()
