@@ -27,7 +27,9 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PY) -m pip install --quiet $(if $(LOCK),-c $(LOCK)) -e '.[test]'
 	@touch $@
 
-lock: $(VENV)/.installed
+# Not from .installed: that install obeys the old lock, which a new dependency may contradict.
+lock:
+	@test -x $(PY) || $(PYTHON312) -m venv $(VENV)
 	$(PY) -m pip install --quiet uv
 	$(VENV)/bin/uv pip compile pyproject.toml --all-extras --python-version 3.12 \
 		--python-platform x86_64-manylinux_2_31 --no-header -o requirements.lock
