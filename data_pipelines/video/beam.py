@@ -198,6 +198,52 @@ class FinishRun(beam.DoFn):
         yield report
 
 
+class VideoRecords(beam.DoFn):
+    """path -> (record bytes, offset, the clip's index entry) for each record of the video's
+    clips, in order: ``process_video`` into a worker-local folder, read back, deleted. What the TFDS
+    builder ``gohd_video`` writes as its examples (TFDS does the output side). Skipped videos give
+    nothing and count in the ``skipped`` counter."""
+
+    def __init__(self, cfg: pp.PreprocessConfig, load_models):
+        self.cfg, self.load_models = cfg, load_models
+        self.videos = beam.metrics.Metrics.counter(NAMESPACE, "videos")
+        self.skipped = beam.metrics.Metrics.counter(NAMESPACE, "skipped")
+
+    def setup(self):
+        self.work = Path(tempfile.mkdtemp(prefix="gohd-tfds-"))
+        self.faces, self.estimators = self.load_models(work=self.work)
+
+    def process(self, path: str):
+        from array_record.python.array_record_module import ArrayRecordReader
+
+        from data_pipelines.video.output import LocalOutput
+
+        folder = Path(tempfile.mkdtemp(dir=self.work))
+        local = localize(path, self.work)
+        try:
+            m = pp.process_video(local, LocalOutput(folder), self.faces, self.estimators, self.cfg, source=path)
+            self.videos.inc()
+            if not m["num_records"]:
+                self.skipped.inc()
+                log.warning("skipping %s: %s", path, m["skipped"])
+                return
+            reader = ArrayRecordReader(str(folder / m["file"]))
+            try:
+                for entry in m["records"]:
+                    first, n = entry["first_record"], entry["record_count"]
+                    for offset, rec in enumerate(reader.read(list(range(first, first + n)))):
+                        yield rec, offset, entry
+            finally:
+                reader.close()
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+            if local != path:
+                Path(local).unlink(missing_ok=True)
+
+    def teardown(self):
+        shutil.rmtree(getattr(self, "work", ""), ignore_errors=True)
+
+
 def _strip(marker: dict) -> dict:
     return {k: v for k, v in marker.items() if k not in ("already_done", "key", "committed")}
 
@@ -242,5 +288,5 @@ def cli_load_models(args) -> functools.partial:
                              args.batch_size)
 
 
-__all__ = ["BeamOutput", "ProcessVideos", "FinishRun", "build", "run", "list_videos", "localize",
+__all__ = ["BeamOutput", "ProcessVideos", "FinishRun", "VideoRecords", "build", "run", "list_videos", "localize",
            "load_models_from_files", "cli_load_models", "REPORT"]
