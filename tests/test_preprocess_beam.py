@@ -113,6 +113,7 @@ def test_a_video_that_raises_is_a_counted_skip_and_a_rerun_tries_it_again(tmp_pa
     out = str(tmp_path / "ds")
     r = bp.run(videos, out, CFG, fake_models, "direct")
     assert r["videos_processed"] == 2 and r["videos_with_clips"] == 1
+    assert r["counters"] == {"videos": 2, "frames": r["video_frames_decoded"], "clips": 1, "skipped": 1}
     assert r["videos_skipped"] == {"error": 1}
     assert r["errors"] == [{"video": "1_person1_000.mp4", "reason": "error",
                             "detail": "RuntimeError: decoder crashed"}]
@@ -168,6 +169,10 @@ def test_a_worker_killed_mid_commit_leaves_nothing_listed_and_a_rerun_redoes_the
     assert (r["videos_already_done"], r["videos_processed"]) == (2, 0)
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "ds" / "videos").iterdir()} == stamps
     assert load_manifest(out)["num_clips"] == 2
+    from data_pipelines.records import DatasetError
+
+    with pytest.raises(DatasetError, match="other settings"):  # refused before any work
+        bp.run(videos, out, pp.PreprocessConfig(detect_size=320), fake_models, "direct")
 
 
 def test_the_cli_passes_unknown_flags_to_beam_only_with_a_runner(tmp_path):

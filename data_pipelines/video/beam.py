@@ -276,10 +276,16 @@ def run(videos: list[str], out: str, cfg: pp.PreprocessConfig, load_models, runn
     launched = time.time()
     pipeline = beam.Pipeline(options=options)
     build(pipeline, videos, out, cfg, load_models, launched)
-    pipeline.run().wait_until_finish()
+    result = pipeline.run()
+    result.wait_until_finish()
     report = output.read_json(REPORT)
     if report is None:
         raise RuntimeError(f"the pipeline finished but wrote no {REPORT} in {out}")
+    try:  # the workers' counters, as the runner summed them
+        counters = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(NAMESPACE))["counters"]
+        report["counters"] = {c.key.metric.name: c.committed for c in counters}
+    except (NotImplementedError, AttributeError, KeyError):
+        pass  # a runner without metrics
     return report
 
 

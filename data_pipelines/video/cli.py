@@ -207,6 +207,8 @@ def format_report(r: dict) -> str:
     if sec:
         lines.append("per stage (frames/s): " + ", ".join(
             f"{k} {fr.get(k, 0) / v:.0f}" for k, v in sec.items() if v > 0 and fr.get(k)))
+    if r.get("counters"):
+        lines.append("Beam counters: " + ", ".join(f"{k} {v}" for k, v in sorted(r["counters"].items())))
     if r["dataset_clips"] is None:
         lines.append(f"shard done (report: report-{r['shard_index']}-of-{r['num_shards']}.json); when every "
                      f"shard is, write the manifest: gohd-preprocess --merge --out OUT")
