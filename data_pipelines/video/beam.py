@@ -74,9 +74,11 @@ class BeamOutput(Output):
         with FileSystems.create(tmp, compression_type="uncompressed") as f:
             fill(f)
         final = self._path(name)
-        if FileSystems.exists(final):
+        try:
+            FileSystems.rename([tmp], [final])  # replaces the old file on local disks and GCS
+        except Exception:  # a filesystem whose rename refuses an existing destination
             FileSystems.delete([final])
-        FileSystems.rename([tmp], [final])
+            FileSystems.rename([tmp], [final])
 
     def write(self, name, data):
         self._write_stream(name, lambda f: f.write(data))

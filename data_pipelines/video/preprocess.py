@@ -22,11 +22,14 @@ Output layout (a normal clip dataset: ``ClipDataset`` and the Grain pipelines re
     OUT/videos/<key>.array_record.done.json its commit marker: records, drops, timing
     OUT/manifest.json                       built from every marker: at the end of a run of one
                                             process; after a sharded run, by ``merge`` (one
-                                            final step, ``gohd-preprocess --merge``)
-    OUT/report-<index>-of-<count>.json      that process's report
+                                            final step, ``gohd-preprocess --merge``); by the
+                                            last step of the Beam pipeline (``video.beam``)
+    OUT/report-<index>-of-<count>.json      that process's report (report-beam.json on Beam)
 
-A video counts as done once its marker exists (a video without clips has a marker and no shard),
-so a rerun skips finished videos and a crash loses at most the video in progress.
+A video counts as done once its marker exists (a video without clips has a marker and no shard)
+and the file it names has the marker's size (``output.Output``), so a rerun skips finished
+videos and a crash loses at most the video in progress. Two drivers run ``process_video``: the
+local one here (``preprocess``), and the Beam pipeline (``data_pipelines.video.beam``).
 """
 
 from __future__ import annotations
