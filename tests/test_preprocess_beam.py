@@ -293,8 +293,10 @@ def test_videos_and_output_in_a_bucket(tmp_path, monkeypatch):
             assert x["source_id"] == y["source_id"] and x["frames"] == y["frames"]
             np.testing.assert_array_equal(x["descriptors"], y["descriptors"])
             np.testing.assert_array_equal(x["audio"], y["audio"])
-        # a rerun over the bucket skips both
-        assert bp.run(videos, "gs://gohd/ds", CFG, fake_models, "direct")["videos_already_done"] == 2
+        # a rerun over the bucket skips both; a listed video that cannot be read is a counted skip
+        r = bp.run(videos + ["gs://gohd/raw/gone.mp4"], "gs://gohd/ds", CFG, fake_models, "direct")
+        assert r["videos_already_done"] == 2 and r["videos_skipped"] == {"error": 1}
+        assert r["errors"][0]["video"] == "gone.mp4" and out.read_json("manifest.json")["num_clips"] == 2
     finally:
         server.terminate()
         server.wait(timeout=30)

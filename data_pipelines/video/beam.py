@@ -163,13 +163,18 @@ class ProcessVideos(beam.DoFn):
         if m is not None:
             yield {**m, "already_done": True, "key": key}
             return
-        local = localize(path, self.work)
         try:
-            m = pp.process_video(local, self.output, self.faces, self.estimators, self.cfg, work=self.work,
-                                 source=path)
-        finally:
-            if local != path:
-                Path(local).unlink(missing_ok=True)
+            local = localize(path, self.work)
+        except Exception as e:  # an unreadable remote video: a counted skip, as inside process_video
+            log.exception("skipping %s: cannot copy it to the worker", path)
+            local, m = None, pp.error_marker(path, e)
+        if local is not None:
+            try:
+                m = pp.process_video(local, self.output, self.faces, self.estimators, self.cfg, work=self.work,
+                                     source=path)
+            finally:
+                if local != path:
+                    Path(local).unlink(missing_ok=True)
         self.videos.inc()
         self.frames.inc(m["num_video_frames"])
         self.clips.inc(m["num_records"])

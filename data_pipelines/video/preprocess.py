@@ -258,8 +258,8 @@ def process_video(path: str, out: Output | str | Path, faces: FaceModels, estima
                       skipped=[{"video": _name(source), "reason": e.reason, "detail": e.detail}])
     except Exception as e:  # never fatal to the run: a counted skip, retried by the next run
         log.exception("skipping %s after an error", path)
-        marker.update(file=None, num_records=0, records=[],
-                      skipped=[{"video": _name(source), "reason": "error", "detail": f"{type(e).__name__}: {e}"}])
+        err = error_marker(source, e)
+        marker.update({k: err[k] for k in ("file", "num_records", "records", "skipped")})
         committed = False
     marker["timing"] = timer.as_dict()
     marker["wall_seconds"] = round(time.perf_counter() - t0, 3)
@@ -269,6 +269,13 @@ def process_video(path: str, out: Output | str | Path, faces: FaceModels, estima
     finally:
         tmp.unlink(missing_ok=True)
     return {**marker, "committed": committed}
+
+
+def error_marker(source: str, e: Exception) -> dict:
+    """The marker of a video that raised (``process_video``'s docstring): a skip, not committed."""
+    return {"file": None, "video": _name(source), "num_records": 0, "records": [], "drops": {},
+            "skipped": [{"video": _name(source), "reason": "error", "detail": f"{type(e).__name__}: {e}"}],
+            "num_video_frames": 0, "timing": StageTimer().as_dict(), "wall_seconds": 0.0, "committed": False}
 
 
 def _name(path: str) -> str:
