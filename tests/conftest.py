@@ -62,3 +62,38 @@ def pytest_collection_modifyitems(config, items):
     """Tests marked ``long`` (minutes each: the quality trainings) run first, so that under
     pytest-xdist the workers finish together instead of one starting a 10-minute test last."""
     items.sort(key=lambda item: item.get_closest_marker("long") is None)  # stable: order kept otherwise
+
+
+@pytest.fixture
+def gcs_bucket(tmp_path):
+    """A local Google Cloud Storage (gcp-storage-emulator, in memory) with bucket ``gohd``; yields
+    (the environment that points gcsfs / epath, TensorStore (Orbax) and google-cloud-storage at
+    it, the bucket's URI)."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    import portpicker
+
+    port = portpicker.pick_unused_port()
+    log = open(tmp_path / "gcs.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",
+                               f"--port={port}", "--in-memory", "--default-bucket=gohd"], stdout=log,
+                              stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(f"{url}/storage/v1/b/gohd", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    # One request at a time per process: the emulator (a small threaded Python server) sometimes
+    # answers concurrent conditional writes with a generation TensorStore cannot parse.
+    env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url, "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test",
+           "GOOGLE_CLOUD_PROJECT": "test", "TENSORSTORE_GCS_REQUEST_CONCURRENCY": "1"}
+    try:
+        yield env, "gs://gohd"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -241,62 +241,44 @@ def test_gohd_tfds_build_takes_beam_options_and_says_what_the_manual_dir_lacks(t
     assert "missing epoch_20.pth, L2CSNet_gaze360.pkl, similarity_Lm3D_all.mat" in res.stderr, res.stderr[-2000:]
 
 
-def test_videos_and_output_in_a_bucket(tmp_path, monkeypatch):
+def test_videos_and_output_in_a_bucket(tmp_path, monkeypatch, gcs_bucket):
     """gs:// videos listed, copied to the worker and processed; records and markers written to a
     gs:// output through FileSystems (a local GCS emulator): the same clips as the local driver."""
-    import time
-    import urllib.request
-
-    import portpicker
     from apache_beam.io.filesystems import FileSystems
 
-    port = portpicker.pick_unused_port()
-    server = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",
-                               f"--port={port}", "--in-memory", "--default-bucket=gohd"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"{url}/storage/v1/b/gohd", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", url)
-        monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "test")
-        local_videos = _synthetic_videos(tmp_path / "in")
-        for v in local_videos:
-            with open(v, "rb") as src, FileSystems.create(f"gs://gohd/raw/sub/{os.path.basename(v)}") as dst:
-                dst.write(src.read())
-        videos = bp.list_videos(["gs://gohd/raw/"])
-        assert videos == [f"gs://gohd/raw/sub/{os.path.basename(v)}" for v in local_videos]
-        r = bp.run(videos, "gs://gohd/ds", CFG, fake_models, "direct")
-        assert r["videos_processed"] == 2 and r["clips_written"] == 2
-        out = bp.BeamOutput("gs://gohd/ds")
-        manifest = out.read_json("manifest.json")
-        assert manifest["num_clips"] == 2 and len(out.markers()) == 2
-        for shard in manifest["shards"]:  # every listed file whole in the bucket
-            assert out.size(shard["file"]) == shard["bytes"]
-        local = pp.preprocess(local_videos, tmp_path / "local", faces=FaceModels(), estimators=FakeEstimators(),
-                              cfg=CFG, progress=False)
-        assert local["clips_written"] == 2
-        # the bucket's dataset, copied here, is whole (every hash) and holds the local driver's clips
-        # (their ids differ: a video's key hashes its path, gs://... here)
-        got = tmp_path / "from-bucket"
-        (got / "videos").mkdir(parents=True)
-        for name in ["manifest.json", *(s["file"] for s in manifest["shards"])]:
-            (got / name).write_bytes(out.read(name))
-        a, b = ClipDataset(got, verify_hashes=True), ClipDataset(tmp_path / "local")
-        a_clips = sorted((a[i] for i in range(len(a))), key=lambda c: c["source_id"])
-        b_clips = sorted((b[i] for i in range(len(b))), key=lambda c: c["source_id"])
-        for x, y in zip(a_clips, b_clips, strict=True):
-            assert x["source_id"] == y["source_id"] and x["frames"] == y["frames"]
-            np.testing.assert_array_equal(x["descriptors"], y["descriptors"])
-            np.testing.assert_array_equal(x["audio"], y["audio"])
-        # a rerun over the bucket skips both; a listed video that cannot be read is a counted skip
-        r = bp.run(videos + ["gs://gohd/raw/gone.mp4"], "gs://gohd/ds", CFG, fake_models, "direct")
-        assert r["videos_already_done"] == 2 and r["videos_skipped"] == {"error": 1}
-        assert r["errors"][0]["video"] == "gone.mp4" and out.read_json("manifest.json")["num_clips"] == 2
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    env, bucket = gcs_bucket
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    local_videos = _synthetic_videos(tmp_path / "in")
+    for v in local_videos:
+        with open(v, "rb") as src, FileSystems.create(f"{bucket}/raw/sub/{os.path.basename(v)}") as dst:
+            dst.write(src.read())
+    videos = bp.list_videos([f"{bucket}/raw/"])
+    assert videos == [f"{bucket}/raw/sub/{os.path.basename(v)}" for v in local_videos]
+    r = bp.run(videos, f"{bucket}/ds", CFG, fake_models, "direct")
+    assert r["videos_processed"] == 2 and r["clips_written"] == 2
+    out = bp.BeamOutput(f"{bucket}/ds")
+    manifest = out.read_json("manifest.json")
+    assert manifest["num_clips"] == 2 and len(out.markers()) == 2
+    for shard in manifest["shards"]:  # every listed file whole in the bucket
+        assert out.size(shard["file"]) == shard["bytes"]
+    local = pp.preprocess(local_videos, tmp_path / "local", faces=FaceModels(), estimators=FakeEstimators(),
+                          cfg=CFG, progress=False)
+    assert local["clips_written"] == 2
+    # the bucket's dataset, copied here, is whole (every hash) and holds the local driver's clips
+    # (their ids differ: a video's key hashes its path, gs://... here)
+    got = tmp_path / "from-bucket"
+    (got / "videos").mkdir(parents=True)
+    for name in ["manifest.json", *(s["file"] for s in manifest["shards"])]:
+        (got / name).write_bytes(out.read(name))
+    a, b = ClipDataset(got, verify_hashes=True), ClipDataset(tmp_path / "local")
+    a_clips = sorted((a[i] for i in range(len(a))), key=lambda c: c["source_id"])
+    b_clips = sorted((b[i] for i in range(len(b))), key=lambda c: c["source_id"])
+    for x, y in zip(a_clips, b_clips, strict=True):
+        assert x["source_id"] == y["source_id"] and x["frames"] == y["frames"]
+        np.testing.assert_array_equal(x["descriptors"], y["descriptors"])
+        np.testing.assert_array_equal(x["audio"], y["audio"])
+    # a rerun over the bucket skips both; a listed video that cannot be read is a counted skip
+    r = bp.run(videos + [f"{bucket}/raw/gone.mp4"], f"{bucket}/ds", CFG, fake_models, "direct")
+    assert r["videos_already_done"] == 2 and r["videos_skipped"] == {"error": 1}
+    assert r["errors"][0]["video"] == "gone.mp4" and out.read_json("manifest.json")["num_clips"] == 2

@@ -257,38 +257,6 @@ def test_two_processes_match_one_and_resume_on_either_count(data_dir, tmp_path):
     np.testing.assert_allclose([got[k] for k in range(5, 9)], [want[k] for k in range(5, 9)], rtol=2e-5)
 
 
-@pytest.fixture
-def gcs_bucket(tmp_path):
-    """A local Google Cloud Storage (gcp-storage-emulator, in memory) with bucket ``gohd``; yields
-    (the environment that points gcsfs / epath, TensorStore (Orbax) and google-cloud-storage at
-    it, the bucket's URI)."""
-    import portpicker
-    import time
-    import urllib.request
-
-    port = portpicker.pick_unused_port()
-    log = open(tmp_path / "gcs.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",
-                               f"--port={port}", "--in-memory", "--default-bucket=gohd"], stdout=log,
-                              stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(f"{url}/storage/v1/b/gohd", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.1)
-    # One request at a time per process: the emulator (a small threaded Python server) sometimes
-    # answers concurrent conditional writes with a generation TensorStore cannot parse.
-    env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url, "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test",
-           "GOOGLE_CLOUD_PROJECT": "test", "TENSORSTORE_GCS_REQUEST_CONCURRENCY": "1"}
-    try:
-        yield env, "gs://gohd"
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
 @pytest.mark.slow
 @pytest.mark.xfail(strict=False, reason="gcp-storage-emulator intermittently answers TensorStore's OCDBT "
                    "conditional writes with a generation it rejects ('Malformed StorageGeneration'): about 1 "

@@ -9,6 +9,32 @@ from data_pipelines import records, schema
 log = logging.getLogger(__name__)
 
 
+def record_features():
+    """The features of a schema-2 TFDS builder: one example per clip record, in order; the header
+    example of a clip (offset 0) carries its ids, frame count, record count and content hash (empty
+    / 0 on the others)."""
+    import numpy as np
+    import tensorflow_datasets as tfds
+
+    return tfds.features.FeaturesDict({
+        "record": tfds.features.Tensor(shape=(), dtype=np.object_),  # the record's bytes
+        "offset": tfds.features.Scalar(np.int32),  # its place in its clip (0: the header)
+        "clip_id": tfds.features.Text(), "identity_id": tfds.features.Text(),
+        "content_hash": tfds.features.Text(), "num_frames": tfds.features.Scalar(np.int32),
+        "record_count": tfds.features.Scalar(np.int32),
+    })
+
+
+def record_example(record: bytes, offset: int, entry: dict) -> dict:
+    """One example of ``record_features``: a clip's record ``offset``; ``entry`` is the clip's
+    manifest entry (``records.index_entry``)."""
+    head = offset == 0
+    return {"record": record, "offset": offset,
+            "clip_id": entry["clip_id"] if head else "", "identity_id": entry["identity_id"] if head else "",
+            "content_hash": entry["hash"] if head else "", "num_frames": entry["num_frames"] if head else 0,
+            "record_count": entry["record_count"] if head else 0}
+
+
 def _text(v) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 

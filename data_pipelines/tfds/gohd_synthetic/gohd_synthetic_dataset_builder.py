@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import tensorflow_datasets as tfds
 
 from data_pipelines import pipelines, records, schema
 from data_pipelines.synthetic.generator import SynthConfig, generate_clip
+from data_pipelines.tfds.source import record_example, record_features
 
 HELDOUT_FRACTION = 0.25
 
@@ -58,16 +58,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     DEFAULT_CONFIG_NAME = "tiny"
 
     def _info(self) -> tfds.core.DatasetInfo:
-        features = {
-            "record": tfds.features.Tensor(shape=(), dtype=np.object_),  # the record's bytes
-            "offset": tfds.features.Scalar(np.int32),  # its place in its clip (0: the header)
-            # on a clip's header example (offset 0) only; empty / 0 on the others:
-            "clip_id": tfds.features.Text(), "identity_id": tfds.features.Text(),
-            "content_hash": tfds.features.Text(), "num_frames": tfds.features.Scalar(np.int32),
-            "record_count": tfds.features.Scalar(np.int32),
-        }
         return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict(features),
+            features=record_features(),
             disable_shuffling=True,  # a clip's records must stay together and in order
             description="Synthetic talking heads (gohd_jax), one example per clip record (schema 2): "
                         "JPEG frames, 16 kHz audio, 72-d descriptors, 21-d controls and both mel streams.",
@@ -90,10 +82,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         for i in indices:
             clip = records.make_record_clip(generate_clip(cfg, i), self.builder_config.jpeg_quality)
             recs, digest = schema.encode_clip(clip)
+            entry = records.index_entry(clip, recs, digest)
             for offset, rec in enumerate(recs):  # keys sort in clip, then record order
-                head = offset == 0
-                yield f"{i:08d}-{offset:08d}", {
-                    "record": rec, "offset": offset,
-                    "clip_id": clip["clip_id"] if head else "", "identity_id": clip["identity_id"] if head else "",
-                    "content_hash": digest if head else "", "num_frames": len(clip["frames"]) if head else 0,
-                    "record_count": len(recs) if head else 0}
+                yield f"{i:08d}-{offset:08d}", record_example(rec, offset, entry)

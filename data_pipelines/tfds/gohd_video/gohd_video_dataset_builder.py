@@ -30,10 +30,10 @@ import functools
 import hashlib
 from pathlib import Path
 
-import numpy as np
 import tensorflow_datasets as tfds
 
 from data_pipelines import pipelines
+from data_pipelines.tfds.source import record_example, record_features
 from data_pipelines.video import preprocess as pp
 from data_pipelines.video.segment import SegmentConfig
 
@@ -92,15 +92,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     L2CSNet_gaze360.pkl (gohd-preprocess --help says where each comes from)."""
 
     def _info(self) -> tfds.core.DatasetInfo:
-        features = {
-            "record": tfds.features.Tensor(shape=(), dtype=np.object_),
-            "offset": tfds.features.Scalar(np.int32),
-            "clip_id": tfds.features.Text(), "identity_id": tfds.features.Text(),
-            "content_hash": tfds.features.Text(), "num_frames": tfds.features.Scalar(np.int32),
-            "record_count": tfds.features.Scalar(np.int32),
-        }
         return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict(features),
+            features=record_features(),
             disable_shuffling=True,  # a clip's records must stay together and in order
             description="Real talking-head videos as GoHD clip records (schema 2): 256x256 JPEG face "
                         "crops, 16 kHz audio, 72-d descriptors (Deep3DFaceRecon, L2CS-Net), 21-d "
@@ -131,13 +124,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
         def example(item):
             rec, offset, entry = item
-            head = offset == 0
-            return _example_key(entry["clip_id"], offset), {"record": rec, "offset": offset,
-                         "clip_id": entry["clip_id"] if head else "",
-                         "identity_id": entry["identity_id"] if head else "",
-                         "content_hash": entry["hash"] if head else "",
-                         "num_frames": entry["num_frames"] if head else 0,
-                         "record_count": entry["record_count"] if head else 0}
+            return _example_key(entry["clip_id"], offset), record_example(rec, offset, entry)
 
         return (beam.Create(videos) | beam.Reshuffle()
                 | beam.ParDo(VideoRecords(self._preprocess_config(), models)) | beam.Map(example))
