@@ -255,6 +255,8 @@ def test_videos_and_output_in_a_bucket(tmp_path, monkeypatch, gcs_bucket):
             dst.write(src.read())
     videos = bp.list_videos([f"{bucket}/raw/"])
     assert videos == [f"{bucket}/raw/sub/{os.path.basename(v)}" for v in local_videos]
+    (tmp_path / "list.txt").write_text("\n".join(videos) + "\n")  # a local list of bucket paths
+    assert bp.list_videos([str(tmp_path / "list.txt")]) == videos
     r = bp.run(videos, f"{bucket}/ds", CFG, fake_models, "direct")
     assert r["videos_processed"] == 2 and r["clips_written"] == 2
     out = bp.BeamOutput(f"{bucket}/ds")

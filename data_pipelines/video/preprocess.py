@@ -95,7 +95,8 @@ def identity_of(path: str | Path, regex: str = DEFAULT_IDENTITY_REGEX) -> str:
 
 def list_videos(sources: Iterable[str]) -> list[str]:
     """Folders (searched recursively for video extensions), list files (``.txt``/``.lst``: one path
-    per line, relative to the list's folder) and plain paths -> a sorted, de-duplicated list."""
+    per line, relative to the list's folder, or a URL such as ``gs://b/v.mp4`` for the Beam
+    driver) and plain paths -> a sorted, de-duplicated list."""
     out: list[str] = []
     for src in sources:
         p = Path(src)
@@ -106,7 +107,7 @@ def list_videos(sources: Iterable[str]) -> list[str]:
                 line = line.strip()
                 if line and not line.startswith("#"):
                     q = Path(line)
-                    out.append(str(q if q.is_absolute() else p.parent / q))
+                    out.append(line if "://" in line else str(q if q.is_absolute() else p.parent / q))
         else:
             out.append(str(p))  # a missing file becomes a counted skip, not an error
     return sorted(dict.fromkeys(out))
