@@ -180,6 +180,12 @@ def test_the_cli_passes_unknown_flags_to_beam_only_with_a_runner(tmp_path):
 
     with pytest.raises(SystemExit):
         cli.main(["--videos", str(tmp_path), "--out", str(tmp_path / "o"), "--direct_num_workers=2"])
+    # the README's Dataflow flags all go to Beam, none taken for ours (no abbreviations)
+    beam_flags = ["--project", "P", "--region", "R", "--temp_location", "gs://B/tmp", "--max_num_workers", "200",
+                  "--num_workers", "3", "--labels", "a=b", "--machine_type", "g2-standard-8"]
+    args, rest = cli.build_parser().parse_known_args(["--videos", "gs://B/raw/", "--out", "gs://B/o", "--runner",
+                                                      "dataflow", *beam_flags])
+    assert rest == beam_flags and args.videos == ["gs://B/raw/"] and args.num_shards is None
     res = subprocess.run([sys.executable, "-m", "data_pipelines.video.cli", "--runner", "direct", "--videos",
                           str(tmp_path), "--out", str(tmp_path / "o"), "--deep3d", "x.pth"],
                          capture_output=True, text=True, timeout=120)

