@@ -26,7 +26,8 @@ examples:
   gohd-preprocess --runner dataflow --videos gs://B/raw/ --out gs://B/data/vox \
       --deep3d gs://B/weights/epoch_20.pth --lm3d gs://B/weights/similarity_Lm3D_all.mat \
       --l2cs gs://B/weights/L2CSNet_gaze360.pkl \
-      --project P --region us-central1 --temp_location gs://B/tmp --requirements_file requirements.lock
+      --project P --region us-central1 --temp_location gs://B/tmp --sdk_container_image IMAGE
+  # (IMAGE: apache/beam_python3.12_sdk:2.78.0 with 'gohd-jax[preprocess,beam]' installed; README)
 
 what it writes: OUT/videos/*.array_record (clip records, one file per video), OUT/manifest.json
 (read by gohd-data, ClipDataset and the training pipelines; by a run of one shard at its end, by

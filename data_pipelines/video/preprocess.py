@@ -188,7 +188,7 @@ def process_video(path: str, out: Output | str | Path, faces: FaceModels, estima
     marker = {"file": name, "video": _name(source), "num_records": 0, "records": [], "skipped": [],
               "drops": {}, "num_video_frames": 0}
     t0 = time.perf_counter()
-    tmp = Path(work) / f"{key}.array_record.{os.getpid()}.tmp"
+    tmp = Path(work) / f"{key}.array_record.tmp"  # one process per video: a retry overwrites it
     committed = True
     try:
         info = open_video(path)
@@ -358,6 +358,7 @@ def preprocess(videos: list[str], out: str | Path, *, faces: FaceModels, estimat
     log.info("%d videos in the list, %d for shard %d of %d, %d already done", len(videos), len(mine),
              shard_index, num_shards, len(mine) - len(todo))
     done: list[dict] = []
+    clips = skipped = frames = 0  # running totals for the bar
     t0 = time.perf_counter()
     bar = None
     if progress and todo:
@@ -365,12 +366,14 @@ def preprocess(videos: list[str], out: str | Path, *, faces: FaceModels, estimat
         bar = tqdm(total=len(todo), unit="video", desc="preprocessing", dynamic_ncols=True)
     try:
         for path in todo:
-            done.append(process_video(path, output, faces, estimators, cfg))
+            m = process_video(path, output, faces, estimators, cfg)
+            done.append(m)
+            clips += m["num_records"]
+            skipped += len(m["skipped"])
+            frames += m["num_video_frames"]
             if bar is not None:
                 dt = time.perf_counter() - t0
-                bar.set_postfix(clips=sum(m["num_records"] for m in done),
-                                skipped=sum(len(m["skipped"]) for m in done),
-                                fps=f"{sum(m['num_video_frames'] for m in done) / max(dt, 1e-9):.1f}")
+                bar.set_postfix(clips=clips, skipped=skipped, fps=f"{frames / max(dt, 1e-9):.1f}")
                 bar.update(1)
     finally:
         if bar is not None:
