@@ -9,7 +9,12 @@ precisions, one compile job per row, resumable, then the tables.
 
 Each row runs `gohd-aot ... --json=OUT/ROW.json` in a subprocess (the CUDA plugin's environment
 must be set before JAX starts) and is skipped when its JSON exists, so an interrupted grid goes
-on where it stopped. A row that does not fit still writes its JSON (gohd-aot exits 1); a row that
+on where it stopped. OUT defaults to `bench/results/fit_grid/`, which is committed: the grid takes
+longer than one session on a 2-core machine, and a row's JSON (about 3 KB) is what lets the next
+session, on another machine, go on from it. Rows compiled before 2026-12-07 kept their JSON in the
+ignored `workdir/`, so they are only in BENCHMARKS.md's tables; name the groups, targets and
+stages still missing (BENCHMARKS.md lists them) rather than running the whole grid again.
+A row that does not fit still writes its JSON (gohd-aot exits 1); a row that
 fails otherwise leaves `OUT/ROW.err` with the end of its stderr and is retried next time.
 Compiles take seconds (inference, small stages) to about 6 minutes (the official animator's
 train step for a TPU slice) each on a 2-core machine; the whole grid is a few hours there.
@@ -216,7 +221,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n\n", 2)[2])
-    ap.add_argument("--out", type=Path, default=ROOT / "workdir" / "fit_grid", help="folder of the rows' JSON")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "fit_grid",
+                    help="folder of the rows' JSON (default: bench/results/fit_grid, committed)")
     ap.add_argument("--groups", default="train,infer,render256,train-more,max-batch", help="comma-separated groups")
     ap.add_argument("--targets", default=",".join(TARGETS), help="comma-separated targets (default: all)")
     ap.add_argument("--stages", default=",".join(STAGES), help="comma-separated stages (default: all)")
