@@ -2,7 +2,7 @@
 processes supply them: `gohd-aot`'s step-time bounds (the fit grid's train rows) against the
 pipelines' measured rates per core (`bench/bench_data_layout.py --json`). Prints a Markdown table.
 
-    .venv/bin/python bench/host_feeding.py --grid workdir/fit_grid --rates RATES.json [--rates ...]
+    .venv/bin/python bench/host_feeding.py --grid bench/results/fit_grid --rates RATES.json [--rates ...]
 
 A step-time bound is a lower bound (the larger of FLOPs / peak and bytes / bandwidth), so the
 samples/s it gives are an upper bound on what the chips can consume: size the input for it.
@@ -56,7 +56,7 @@ def rows(grid: Path, rates: dict, size: int) -> list[dict]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--grid", default="workdir/fit_grid", help="the fit grid's JSON folder (bench/fit_grid.py)")
+    p.add_argument("--grid", default="bench/results/fit_grid", help="the fit grid's JSON folder (bench/fit_grid.py)")
     p.add_argument("--rates", action="append", required=True, help="bench_data_layout.py --json output")
     p.add_argument("--size", type=int, default=256, help="frame size of the rates to use (default 256)")
     args = p.parse_args()
