@@ -15,6 +15,8 @@ import json
 import math
 from pathlib import Path
 
+GRID = Path(__file__).resolve().parent / "results" / "fit_grid"  # where bench/fit_grid.py writes
+
 # Chips per host of each topology's machines (Cloud TPU VM shapes; a DGX/HGX node for H100s).
 CHIPS_PER_HOST = {"TPU v5e": 4, "TPU v5p": 4, "TPU v6e": 4, "H100": 8}
 GRID_TO_BENCH = {"animator": "animator", "pose": "motion", "gaze": "motion", "stage1": "expression",
@@ -56,7 +58,7 @@ def rows(grid: Path, rates: dict, size: int) -> list[dict]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--grid", default="bench/results/fit_grid", help="the fit grid's JSON folder (bench/fit_grid.py)")
+    p.add_argument("--grid", default=str(GRID), help="the fit grid's JSON folder (default: bench/results/fit_grid)")
     p.add_argument("--rates", action="append", required=True, help="bench_data_layout.py --json output")
     p.add_argument("--size", type=int, default=256, help="frame size of the rates to use (default 256)")
     args = p.parse_args()
