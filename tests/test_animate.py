@@ -496,10 +496,15 @@ def test_manifest_uses_every_column_and_compiles_once(tmp_path, bundle_dir, caps
             "face.png,a3.wav,o3.mp4,,,,,,3,",
             "face.png,a4.wav,o4.mp4,,right,on,,,4,"]
     (tmp_path / "jobs.csv").write_text("\n".join(rows) + "\n")
+    # a program is built by a backend compile, or read from the persistent compilation cache
+    # (CI shares one across the tests, so a program another test compiled is a cache hit here)
     compiles, per_batch = [], []
-    monitoring.register_event_duration_secs_listener(
-        lambda event, _s, **kw: compiles.append(event) if event == "/jax/core/compile/backend_compile_duration"
-        else None)
+    on_compile = (lambda event, _s, **kw: compiles.append(event)
+                  if event == "/jax/core/compile/backend_compile_duration" else None)
+    on_cache_hit = (lambda event, **kw: compiles.append(event)
+                    if event == "/jax/compilation_cache/cache_hits" else None)
+    monitoring.register_event_duration_secs_listener(on_compile)
+    monitoring.register_event_listener(on_cache_hit)
     real_batch = BatchRenderer.__call__
 
     def counting_batch(self, group):
@@ -517,6 +522,8 @@ def test_manifest_uses_every_column_and_compiles_once(tmp_path, bundle_dir, caps
     assert [n for n, _ in per_batch] == [2, 2, 1]
     assert per_batch[0][1] > 0 and [c for _, c in per_batch[1:]] == [0, 0], per_batch
     monkeypatch.undo()
+    monitoring.unregister_event_duration_listener(on_compile)
+    monitoring.unregister_event_listener(on_cache_hit)
     code = cli.main(["animate", "--image", str(img), "--audio", str(tmp_path / "a0.wav"), "--out",
                      str(tmp_path / "alone.mp4"), "--checkpoint", str(bundle_dir), "--sampler", "ddim", "--steps", "2",
                      "--pose", str(tmp_path / "pose.npy"), "--gaze", "0.1,-0.2", "--blink", "off", "--pose-scale",
@@ -776,17 +783,6 @@ def test_a_bundle_of_the_wrong_kind_is_refused(tmp_path, bundle_dir, capsys):
 
 
 # ------------------------------------------------------------------------------------ precision, compile cache
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _no_persistent_compile_cache():
-    """The CLI turns JAX's persistent compilation cache on by default (in ~/.cache); these
-    in-process CLI runs keep it off: tests/test_compile_cache.py tests it, in subprocesses."""
-    from gohd_jax import compile_cache
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(compile_cache.ENV_VAR, "off")
-        yield
 
 
 def _smooth_source() -> np.ndarray:
