@@ -11,9 +11,7 @@ import os
 import pytest
 
 # The tests' subprocesses (gohd animate, launch/train.py) must not write the user's persistent
-# compilation cache; tests of the cache give their own folder. CI (.ci/run) sets it to a fresh
-# folder instead, shared by every test process and subprocess of the run: a program that one test
-# compiled (the tiny models' train steps, the renderer, the samplers) is read back by the next.
+# compilation cache; tests of the cache give their own folder.
 os.environ.setdefault("GOHD_COMPILE_CACHE", "off")
 
 from gohd_jax import shared_data
@@ -54,55 +52,10 @@ def pytest_configure(config):
     # (FrameExpression.tiny: 35 s -> 4 s to build). The values differ, the code paths do not;
     # the package keeps JAX's default (partitionable, for sharded initialisation on pods).
     jax.config.update("jax_threefry_partitionable", False)
-    from gohd_jax import compile_cache
-
-    if compile_cache.resolve_dir() is not None:  # in-process compiles share CI's cache too
-        compile_cache.enable()
-        _count_cache_savings()
     from absl import flags
 
     if not flags.FLAGS.is_parsed():  # Grain's worker processes read absl flags
         flags.FLAGS.mark_as_parsed()
-
-
-_CACHE_TOTALS = {"hits": 0, "compile_s": 0.0}
-
-
-def _count_cache_savings():
-    """Totals this process's programs read from the shared cache and its backend compile seconds,
-    for .ci/run's summary (``pytest_sessionfinish`` appends them to ``<cache>/../compile_totals.jsonl``)."""
-    from jax import monitoring
-
-    def on_duration(event, secs, **kw):
-        if event == "/jax/compilation_cache/cache_retrieval_time_sec":
-            _CACHE_TOTALS["hits"] += 1
-        elif event == "/jax/core/compile/backend_compile_duration":
-            _CACHE_TOTALS["compile_s"] += secs
-
-    monitoring.register_event_duration_secs_listener(on_duration)
-
-
-@pytest.fixture(autouse=True)
-def _shared_compile_cache():
-    """Keeps the shared cache on across tests: an in-process CLI run that turned it off (or
-    elsewhere) must not take it from the tests after it."""
-    yield
-    from gohd_jax import compile_cache
-
-    folder = compile_cache.resolve_dir()
-    if folder is not None and compile_cache.current_dir() != str(folder.resolve()):
-        compile_cache.enable()
-
-
-def pytest_sessionfinish(session, exitstatus):
-    import json
-
-    from gohd_jax import compile_cache
-
-    folder = compile_cache.resolve_dir()
-    if folder is not None and folder.exists() and (_CACHE_TOTALS["hits"] or _CACHE_TOTALS["compile_s"]):
-        with open(folder.parent / "compile_totals.jsonl", "a") as f:
-            f.write(json.dumps({"pid": os.getpid(), **_CACHE_TOTALS}) + "\n")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -497,7 +497,7 @@ def test_manifest_uses_every_column_and_compiles_once(tmp_path, bundle_dir, caps
             "face.png,a4.wav,o4.mp4,,right,on,,,4,"]
     (tmp_path / "jobs.csv").write_text("\n".join(rows) + "\n")
     # a program is built by a backend compile, or read from the persistent compilation cache
-    # (CI shares one across the tests, so a program another test compiled is a cache hit here)
+    # (when GOHD_COMPILE_CACHE names a folder, a program compiled earlier is a cache hit here)
     compiles, per_batch = [], []
     on_compile = (lambda event, _s, **kw: compiles.append(event)
                   if event == "/jax/core/compile/backend_compile_duration" else None)
