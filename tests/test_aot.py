@@ -207,6 +207,32 @@ def test_max_batch_search_uses_the_memory_it_measured(curve, limit_compiles):
     assert coarse["max_batch_next_tried"] - coarse["max_batch"] <= max(4, 0.25 * coarse["max_batch"])
 
 
+def test_max_batch_search_never_leaps_past_its_growth_cap():
+    """A small batch's memory can hide the per-example slope (the gaze step on 8 H100s: 11 MB at
+    batch 64, 4 TiB at 467,808): the search grows at most 8x the largest fit per compile, so it
+    never compiles far beyond the limit, and still ends at the exact answer."""
+    from types import SimpleNamespace
+
+    from gohd_jax.aot import programs
+
+    hbm = 100.0
+    peak = lambda b: 1e-4 * b if b <= 64 else 1e-4 * 64 + 0.05 * (b - 64)  # noqa: E731
+    want = max(b for b in range(4, 4 * 4096 + 1, 4) if peak(b) <= hbm)
+    spec = SimpleNamespace(name="train", unit=4, default_batch=64)
+    calls = []
+
+    def compile_at(b):
+        calls.append(b)
+        return {"batch": b, "fits": peak(b) <= hbm, "peak_bytes_per_chip": peak(b), "hbm_bytes_per_chip": hbm}
+
+    rec = programs.search_max_batch(spec, compile_at, max_per_unit=1 << 20)
+    assert rec["max_batch"] == want, calls
+    fits_so_far = [max([64] + [c for c in calls[:i] if peak(c) <= hbm]) for i in range(len(calls))]
+    assert all(c <= 8 * f for c, f in zip(calls, fits_so_far)), calls
+    uncapped = programs.search_max_batch(spec, compile_at, max_per_unit=1 << 20, max_growth=float("inf"))
+    assert uncapped["max_batch"] == want and max(calls) > 50 * want  # the leap the cap prevents
+
+
 # ----------------------------------------------------------------------------- clear errors
 
 def test_missing_extras_name_what_to_install(monkeypatch):

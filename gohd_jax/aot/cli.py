@@ -13,8 +13,8 @@ The train step runs on the config's mesh (``--config.mesh.data`` / ``--config.me
 data=-1 takes the remaining chips) at the config's global batch; inference programs are
 data-parallel over every chip (``--render-batch`` frames per chip for ``render``, ``--clips``
 clips per chip for the others). ``--max-batch`` searches the largest batch that fits: each guess
-comes from the peak memory of the compiles so far (memory is close to linear in the batch), a
-failed guess is followed by a bisection, and the search ends one example / frame / clip per chip
+comes from the peak memory of the compiles so far (memory is close to linear in the batch) and
+is at most 8x the largest fit, a failed guess is followed by a bisection, and the search ends one example / frame / clip per chip
 from the limit (or within ``--max-batch-resolution``); each step is a compile, and the reported
 record is the compile at the largest batch that fits.
 

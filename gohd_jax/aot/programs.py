@@ -396,7 +396,8 @@ def compile_program(spec: ProgramSpec, built: Built, target: Target, *, hlo_dir=
 
 
 def search_max_batch(spec: ProgramSpec, compile_at: Callable[[int], dict[str, Any]], *, max_per_unit: int = 1 << 16,
-                     resolution: float = 0.0, progress: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
+                     resolution: float = 0.0, max_growth: float = 8.0,
+                     progress: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
     """The record of the largest global batch (a multiple of ``spec.unit``) whose compile fits.
 
     ``compile_at(batch)`` compiles and returns the record (``compile_program``). Peak memory is
@@ -404,8 +405,13 @@ def search_max_batch(spec: ProgramSpec, compile_at: Callable[[int], dict[str, An
     the compiles so far: from one fitting compile, batch x memory / peak (a lower bound of the
     limit when memory is affine with a positive intercept); from two, the line through them.
     A guess that fails (memory is not quite linear: XLA's fusion and layout change with shape)
-    makes the next step a bisection. The search stops when the largest fit and the smallest
-    failure are one unit apart, or within ``resolution`` x the fit (e.g. 0.1: within 10%).
+    makes the next step a bisection. No guess goes beyond ``max_growth`` x the largest fit: at a
+    small batch the fixed memory (parameters, optimizer state) hides the per-example slope, and an
+    extrapolation from there overshoots by orders of magnitude; a compile far beyond the memory
+    limit is also the slowest kind (XLA's rematerialisation pass tries for minutes to fit it: the
+    gaze step for 8 H100s at 58,476 per chip took 1,872 s to fail). The search stops when the
+    largest fit and the smallest failure are one unit apart, or within ``resolution`` x the fit
+    (e.g. 0.1: within 10%).
     """
     unit = spec.unit
     tried: dict[int, dict[str, Any]] = {}
@@ -428,7 +434,7 @@ def search_max_batch(spec: ProgramSpec, compile_at: Callable[[int], dict[str, An
             want = b1 * hbm / p1
         else:
             want = 2 * lo
-        g = int(want) // unit * unit
+        g = int(min(want, max_growth * lo)) // unit * unit
         return g if hi is None else min(g, (lo + hi) // 2 // unit * unit if g >= hi else g)
 
     b = min(cap, max(unit, spec.default_batch // unit * unit))
