@@ -14,9 +14,9 @@ data=-1 takes the remaining chips) at the config's global batch; inference progr
 data-parallel over every chip (``--render-batch`` frames per chip for ``render``, ``--clips``
 clips per chip for the others). ``--max-batch`` searches the largest batch that fits: each guess
 comes from the peak memory of the compiles so far (memory is close to linear in the batch) and
-is at most 8x the largest fit, a failed guess is followed by a bisection, and the search ends one example / frame / clip per chip
-from the limit (or within ``--max-batch-resolution``); each step is a compile, and the reported
-record is the compile at the largest batch that fits.
+is at most 8x the largest fit, a failed guess is followed by a bisection, and the search ends
+one example / frame / clip per chip from the limit (or within ``--max-batch-resolution``); each
+step is a compile, and the reported record is the compile at the largest batch that fits.
 
 Output: a markdown table on stdout, progress on stderr, ``--json=FILE`` with ``{"programs":
 [...]}`` (fields in ``gohd_jax/aot/report.py``). Exit status 1 when a program does not fit,
