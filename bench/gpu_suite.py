@@ -918,11 +918,16 @@ def make_animator_step(models: dict, policy: policy_lib.Policy, hyper: dict = AN
     return jax.jit(step, donate_argnums=0), ctx
 
 
-def animator_batch(b: int, size: int, seed: int = 0) -> dict:
+def animator_batch(b: int, size: int, seed: int = 0, mouth: bool = False) -> dict:
+    """A random animator batch; ``mouth`` adds a ``mouth_box`` (for a config with ``loss.mouth``)."""
     rng = np.random.default_rng(seed)
-    return {"source": jnp.asarray(rng.integers(0, 256, (b, size, size, 3), dtype=np.uint8)),
-            "target": jnp.asarray(rng.integers(0, 256, (b, size, size, 3), dtype=np.uint8)),
-            "descriptor_window": jnp.asarray(rng.normal(0, 0.1, (b, 27, 72)).astype(np.float32))}
+    batch = {"source": jnp.asarray(rng.integers(0, 256, (b, size, size, 3), dtype=np.uint8)),
+             "target": jnp.asarray(rng.integers(0, 256, (b, size, size, 3), dtype=np.uint8)),
+             "descriptor_window": jnp.asarray(rng.normal(0, 0.1, (b, 27, 72)).astype(np.float32))}
+    if mouth:
+        box = np.asarray([size * 5 // 8, size * 7 // 8, size * 3 // 8, size * 5 // 8], np.int32)
+        batch["mouth_box"] = jnp.asarray(np.tile(box, (b, 1)))
+    return batch
 
 
 def run_steps(compiled, state, batch, n: int, min_time: float):

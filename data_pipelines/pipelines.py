@@ -55,6 +55,7 @@ import numpy as np
 from data_pipelines import records, schema
 from data_pipelines.records import ClipDataset, DatasetError
 from data_pipelines.shuffle import EpochShuffle
+from gohd_jax.eval.mouth_motion import mouth_box
 
 log = logging.getLogger(__name__)
 
@@ -137,10 +138,17 @@ class AnimatorSampler(_Sampler):
     expression coefficients differ most from the source's (L1 over the 64): pairs that differ at
     the mouth and eyes, where uniform pairs mostly differ by head pose and copying the source
     loses little (BENCHMARKS.md "make demo": without them the tiny animator leaves the mouth
-    still). With ``expression_pairs`` 0 the samples are those of earlier versions."""
+    still). With ``expression_pairs`` 0 the samples are those of earlier versions.
+
+    With ``mouth_margin`` >= 0 the sample also holds ``mouth_box``, int32 [4] (row0, row1, col0,
+    col1; half-open, frame pixels): the smallest box holding the mouth landmarks (iBUG 48-67 of
+    ``aux/landmarks``) of both frames, grown by ``mouth_margin`` pixels and clipped to the frame
+    (``gohd_jax.eval.mouth_motion.mouth_box``), for the animator's mouth loss; a clip without
+    landmarks is then an error (``DatasetError``), not a skipped record."""
 
     expression_pairs: float = 0.0
     expression_radius: int = 12
+    mouth_margin: int = -1
 
     def sample(self, clip, rng):
         t = clip.num_frames
@@ -152,9 +160,22 @@ class AnimatorSampler(_Sampler):
         radius = self.window // 2
         idx = np.clip(np.arange(target - radius, target + radius + 1), 0, t - 1)
         source_jpeg, target_jpeg = clip.frames([source, target])  # one request for both
-        return {"source": schema.decode_jpeg(source_jpeg), "target": schema.decode_jpeg(target_jpeg),
-                "descriptor_window": np.asarray(clip.rows("descriptors", idx), np.float32),
-                "start": np.int32(target)}
+        out = {"source": schema.decode_jpeg(source_jpeg), "target": schema.decode_jpeg(target_jpeg),
+               "descriptor_window": np.asarray(clip.rows("descriptors", idx), np.float32),
+               "start": np.int32(target)}
+        if self.mouth_margin >= 0:
+            try:
+                lm = np.asarray(clip.rows("aux/landmarks", [source, target]), np.float32)
+            except KeyError as e:  # the dataset's, not one record's: stop with what to do
+                raise DatasetError(f"clip {clip.clip_id} has no aux/landmarks, which the animator's mouth loss "
+                                   f"needs (gohd-preprocess and the synthetic set write them); train without "
+                                   f"it: --config.task.loss.mouth=0") from e
+            h, w = out["target"].shape[:2]
+            if h != w:
+                raise schema.BadRecordError(f"clip {clip.clip_id}: the mouth loss needs square frames, got {h}x{w}")
+            out["mouth_box"] = np.asarray(mouth_box(lm, h, self.mouth_margin), np.int32)
+        return out
+
 
 
 @dataclasses.dataclass
@@ -245,7 +266,7 @@ def make_dataset(stage: str, data_dir, *, seed: int = 0, window: int | None = No
                  shard_index: int | None = None, shard_count: int | None = None,
                  condition: str = "mel100", sync_negatives: int = 0,
                  sync_faces: bool = True, count_bytes: bool = False, expression_pairs: float = 0.0,
-                 expression_radius: int = 12) -> grain.MapDataset:
+                 expression_radius: int = 12, mouth_margin: int = -1) -> grain.MapDataset:
     """The unbatched sample stream of ``stage`` (see the module docstring).
 
     ``data_dir`` is a clip dataset folder, or any clip source with ``index`` and ``view(i)`` (a
@@ -253,7 +274,8 @@ def make_dataset(stage: str, data_dir, *, seed: int = 0, window: int | None = No
     (the whole clip list, shuffled, repeated, sampled) is split over ``shard_count`` processes
     (default: the JAX process count) last, by position; ``num_epochs=None`` repeats forever.
     ``count_bytes`` adds ``bytes_read`` to every sample (``gohd-data bench``).
-    ``expression_pairs`` / ``expression_radius``: the animator's pairs (``AnimatorSampler``).
+    ``expression_pairs`` / ``expression_radius``: the animator's pairs; ``mouth_margin`` >= 0 adds
+    their ``mouth_box`` (``AnimatorSampler``).
     """
     if stage not in _SAMPLERS:
         raise ValueError(f"unknown stage {stage!r}; choose one of {STAGES}")
@@ -276,7 +298,8 @@ def make_dataset(stage: str, data_dir, *, seed: int = 0, window: int | None = No
         if not 0.0 <= expression_pairs <= 1.0 or expression_radius < 1:
             raise ValueError(f"expression_pairs must be in [0, 1] and expression_radius >= 1, got "
                              f"{expression_pairs} and {expression_radius}")
-        kwargs = {"expression_pairs": float(expression_pairs), "expression_radius": int(expression_radius)}
+        kwargs = {"expression_pairs": float(expression_pairs), "expression_radius": int(expression_radius),
+                  "mouth_margin": int(mouth_margin)}
     sampler = _SAMPLERS[stage](clips=clips, window=window, count_bytes=count_bytes, **kwargs)
     # EpochShuffle: the order of Grain's .shuffle(), without its per-draw cost on small datasets
     ds = EpochShuffle(grain.MapDataset.source(eligible).seed(seed)).repeat(num_epochs).random_map(sampler)

@@ -16,7 +16,9 @@ class FakeClips:
 
     Frame f of clip i is a flat colour encoding (i, f); descriptor[f] = i + f / 1000; mels are
     constant arrays of the schema's shapes. ``fail_on`` items raise ValueError; ``crash_on``
-    items raise KeyboardInterrupt (a simulated kill).
+    items raise KeyboardInterrupt (a simulated kill). ``landmarks`` adds ``aux/landmarks`` [T,68,2]
+    (pixels; the mouth, 48-67, in the lower middle, opening with the frame index), which the
+    animator's mouth loss reads.
     """
 
     frames: int = 8
@@ -24,6 +26,7 @@ class FakeClips:
     identities: int = 4
     fail_on: tuple[int, ...] = ()
     crash_on: tuple[int, ...] = ()
+    landmarks: bool = False
 
     def __call__(self, i: int) -> dict:
         if i in self.crash_on:
@@ -36,6 +39,12 @@ class FakeClips:
         frames[..., 1] = (np.arange(t) * 20)[:, None, None] % 256
         desc = np.tile((i + np.arange(t) / 1000.0)[:, None], (1, 72)).astype(np.float32)
         n = t * schema.SAMPLES_PER_FRAME
+        aux = {"frame": np.arange(t, dtype=np.int32)}
+        if self.landmarks:
+            lm = np.tile(np.linspace(0.2, 0.8, 68)[:, None] * self.size, (t, 1, 2))
+            lm[:, 48:68, 0] = np.linspace(0.35, 0.65, 20) * self.size
+            lm[:, 48:68, 1] = 0.75 * self.size + np.sin(np.arange(20))[None] * (np.arange(t) % 4)[:, None]
+            aux["landmarks"] = lm.astype(np.float32)
         return {
             "clip_id": f"fake-{i:04d}", "identity_id": f"person-{i % self.identities}", "source_id": "fake",
             "frames": frames,
@@ -44,5 +53,5 @@ class FakeClips:
             "controls": np.full((t, 21), i, np.float32),
             "mel_80hz": np.full((1 + n // 200, 80), i % 4, np.float32),
             "mel_100hz": np.full((1 + n // 160, 80), (i % 4) / 4, np.float32),
-            "aux": {"frame": np.arange(t, dtype=np.int32)},
+            "aux": aux,
         }

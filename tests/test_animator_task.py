@@ -41,7 +41,7 @@ def test_gan_training_runs_and_reconstruction_improves(synth64, tmp_path):
     train = [r for r in rows if "loss_l1" in r]
     assert [r["step"] for r in train] == [4, 8]
     assert all(np.isfinite(r[k]) for r in train
-               for k in ("loss_g", "loss_d", "loss_gan_g", "loss_ms_ssim", "loss_changed"))
+               for k in ("loss_g", "loss_d", "loss_gan_g", "loss_ms_ssim", "loss_changed", "loss_mouth"))
     assert train[-1]["loss_l1"] < train[0]["loss_l1"]  # learning to reconstruct
     assert train[0]["loss_d"] == 0.0 and train[0]["loss_gan_g"] == 0.0  # warm-up: gated off
     assert train[1]["loss_d"] == pytest.approx(2 * np.log(2), abs=0.2)  # D just on: logits ~0

@@ -61,7 +61,8 @@ def _cli(*args: str, env: dict | None = None, timeout: int = 900) -> subprocess.
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("aot_clips")
-    records.write_dataset(root, 8, FakeClips(frames=56, size=64, identities=4), clips_per_shard=8, progress=False)
+    records.write_dataset(root, 8, FakeClips(frames=56, size=64, identities=4, landmarks=True),
+                          clips_per_shard=8, progress=False)
     return root
 
 

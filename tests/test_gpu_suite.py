@@ -146,7 +146,7 @@ def test_animator_train_step_matches_the_trainer(tmp_path):
     models = nnx.eval_shape(lambda: task.create_models(nnx.Rngs(0)))
     step, _ = gpu_suite.make_animator_step(models, trainer.policy, hyper)
 
-    batch = gpu_suite.animator_batch(2, task.model_cfg.size, seed=3)
+    batch = gpu_suite.animator_batch(2, task.model_cfg.size, seed=3, mouth=bool(cfg.task.loss.mouth))
     copy = lambda: jax.tree.map(lambda x: x.copy(), trainer.init_state())  # noqa: E731
     ref_state, ref_metrics = trainer._train_step(copy(), batch)
     state, metrics = step(copy(), batch)

@@ -376,3 +376,20 @@ def test_change_weighted_l1_looks_only_where_target_and_source_differ():
     assert float(L.weighted_l1(jnp.asarray(source), jnp.asarray(target), jnp.zeros_like(w))) == 0.0
     grad = jax.grad(lambda t: jnp.sum(L.change_map(jnp.asarray(source), t)))(jnp.asarray(target))
     assert float(jnp.abs(grad).max()) == 0.0  # a constant of the batch
+
+
+def test_box_mask_weights_exactly_the_mouth_box():
+    """``box_mask`` is 1 on the half-open box of each image and 0 elsewhere, so the mouth loss
+    (``weighted_l1`` under it) is the L1 of the box's pixels alone."""
+    boxes = jnp.asarray([[2, 5, 3, 9], [0, 16, 15, 16]], jnp.int32)
+    m = np.asarray(L.box_mask(boxes, 16, 16))
+    assert m.shape == (2, 16, 16, 1) and m.dtype == np.float32
+    want = np.zeros((2, 16, 16, 1), np.float32)
+    want[0, 2:5, 3:9] = 1
+    want[1, :, 15:] = 1
+    np.testing.assert_array_equal(m, want)
+    rng = np.random.default_rng(1)
+    x, y = (rng.uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32) for _ in range(2))
+    got = float(L.weighted_l1(jnp.asarray(x), jnp.asarray(y), jnp.asarray(m)))
+    per = [np.abs(x[0, 2:5, 3:9] - y[0, 2:5, 3:9]).mean(), np.abs(x[1, :, 15:] - y[1, :, 15:]).mean()]
+    np.testing.assert_allclose(got, np.mean(per), rtol=1e-5)

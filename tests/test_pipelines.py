@@ -71,6 +71,29 @@ def test_animator_expression_pairs_take_the_most_different_expression_nearby(dat
         pipelines.make_dataset("animator", data_dir, expression_pairs=1.5)
 
 
+def test_animator_mouth_box_covers_both_frames_mouths():
+    """With ``mouth_margin`` the sample carries the box of both frames' mouth landmarks (the eval's
+    ``mouth_box``), which the animator's mouth loss weights; a clip without landmarks stops the
+    run with what to do (skipping it would skip every clip of such a dataset)."""
+    from gohd_jax.eval.mouth_motion import mouth_box
+
+    sampler = pipelines.AnimatorSampler(clips=None, window=27, mouth_margin=1)
+    clip = FakeClips(frames=8, size=16, identities=6)(0)
+    clip["frames"] = [schema.encode_jpeg(f, 95) for f in clip["frames"]]
+    lm = np.random.default_rng(0).uniform(0, 16, size=(8, 68, 2)).astype(np.float32)
+    lm[:, 48:68] = lm[:, 48:68] * 0.25 + np.arange(8)[:, None, None]  # the mouth moves with t
+    clip["aux"] = {"landmarks": lm}
+    out = sampler.sample(schema.DictClip(clip), np.random.default_rng(3))
+    target, source = np.random.default_rng(3).integers(0, 8, size=2)
+    want = mouth_box(lm[[source, target]], 16, margin=1)
+    assert out["mouth_box"].dtype == np.int32 and tuple(out["mouth_box"]) == want
+    assert want != mouth_box(lm[[target]], 16, margin=1)  # both frames count, not the target's alone
+    del clip["aux"]
+    sampler = pipelines.AnimatorSampler(clips=[clip], window=27, mouth_margin=1)
+    with pytest.raises(records.DatasetError, match="loss.mouth=0"):
+        sampler.random_map(0, np.random.default_rng(3))  # an error, not a skipped record
+
+
 def test_motion_and_expression_samples(data_dir):
     ds = pipelines.make_dataset("motion", data_dir, window=6, split="all", shard_index=0, shard_count=1)
     (m,) = _batches(ds, 1)

@@ -50,8 +50,9 @@ def sample_spec(config) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     if stage == "animator":
         s = _image_size(config)
         w = pipelines.DEFAULT_WINDOW["animator"]  # AnimatorTask samples the default 27-frame window
+        mouth = {"mouth_box": ((4,), i32)} if config.task.loss.get("mouth", 0.0) else {}
         return {"source": ((s, s, 3), u8), "target": ((s, s, 3), u8),
-                "descriptor_window": ((w, schema.DESCRIPTOR_DIM), f32), **tracing}
+                "descriptor_window": ((w, schema.DESCRIPTOR_DIM), f32), **mouth, **tracing}
     w = int(config.data.get("window", pipelines.DEFAULT_WINDOW[stage]))
     if stage == "motion":
         return {"cond": ((w, COND_DIM), f32), "pose": ((w, POSE_DIM), f32), "gaze": ((w, GAZE_DIM), f32),

@@ -100,6 +100,19 @@ def weighted_l1(x: jax.Array, y: jax.Array, weight: jax.Array, *, eps: float = 1
     return jnp.mean(num / (den + eps))
 
 
+def box_mask(boxes: jax.Array, height: int, width: int) -> jax.Array:
+    """[B, H, W, 1] float32: 1 inside each image's box, 0 outside; a weight for ``weighted_l1``.
+
+    boxes: int [B, 4] (row0, row1, col0, col1), half-open, in pixels (the animator's
+    ``mouth_box``).
+    """
+    b = jnp.asarray(boxes, jnp.int32)[:, :, None, None]
+    rows = jnp.arange(height, dtype=jnp.int32)[None, :, None]
+    cols = jnp.arange(width, dtype=jnp.int32)[None, None, :]
+    inside = (rows >= b[:, 0]) & (rows < b[:, 1]) & (cols >= b[:, 2]) & (cols < b[:, 3])
+    return inside.astype(jnp.float32)[..., None]
+
+
 def psnr(x: jax.Array, y: jax.Array, *, data_range: float = DATA_RANGE,
          reduction: str = "mean") -> jax.Array:
     """Peak signal-to-noise ratio in dB, per image, for images spanning ``data_range`` (2 for [-1, 1]).

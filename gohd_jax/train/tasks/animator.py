@@ -12,6 +12,9 @@ from the source and the window; losses (weights in ``config.task.loss``):
   place, and the log says so;
 * ``changed``: L1 weighted by ``losses.change_map`` (where target and source differ), so that
   the mouth and eyes, a few percent of the pixels, are not drowned by what copying gets right;
+* ``mouth``: L1 inside the mouth box of the pair (from the clips' ``aux/landmarks``, grown by
+  ``config.data.mouth_margin`` pixels), so that the rendered mouth follows the descriptors'
+  opening; off (0) unless set, as it needs landmarks in the dataset;
 * ``gan``: non-saturating loss against a StyleGAN2 discriminator, which trains on
   softplus(-D(x)) + softplus(D(x_hat)) (no R1, as LIA); both switch on at
   ``config.task.gan_start_step`` (0 = from the start, as LIA; the tiny config warms up on
@@ -84,11 +87,14 @@ class AnimatorTask(Task):
         return {"generator": optax.adam(float(t.g_lr), b1=0.0, b2=float(t.g_beta2)),
                 "discriminator": optax.adam(float(t.d_lr), b1=0.0, b2=float(t.d_beta2))}
 
-    def _reconstruction_terms(self, ctx, state, fake, target, source) -> dict[str, jax.Array]:
+    def _reconstruction_terms(self, ctx, state, fake, target, source, batch) -> dict[str, jax.Array]:
         w = self.config.task.loss
         terms = {"loss_l1": losses.l1(fake, target)}
         if w.get("changed", 0.0):
             terms["loss_changed"] = losses.weighted_l1(fake, target, losses.change_map(source, target))
+        if w.get("mouth", 0.0):
+            mask = losses.box_mask(batch["mouth_box"], target.shape[1], target.shape[2])
+            terms["loss_mouth"] = losses.weighted_l1(fake, target, mask)
         if "vgg" in state.rest:
             terms["loss_vgg"] = losses.vgg_pyramid_loss(ctx.model(state, "vgg"), fake, target)
         else:
@@ -116,7 +122,7 @@ class AnimatorTask(Task):
 
         def g_loss(g_params):
             fake = ctx.model(state, "generator", g_params)(source, window)["rgb"][0]
-            terms = self._reconstruction_terms(ctx, state, fake, target, source)
+            terms = self._reconstruction_terms(ctx, state, fake, target, source, batch)
             total = sum(self._weight(k) * v for k, v in terms.items())
             if gan_w:
                 terms["loss_gan_g"] = gate * losses.gan_g_loss(ctx.model(state, "discriminator")(fake))
@@ -169,10 +175,12 @@ class AnimatorTask(Task):
         # keeps its meaning against the "copy the source" baseline.
         data = self.config.data
         pairs = float(data.get("expression_pairs", 0.0)) if split == "train" else 0.0
+        mouth = int(data.get("mouth_margin", 2)) if self.config.task.loss.get("mouth", 0.0) and split == "train" else -1
         return pipelines.make_dataset("animator", data.dir, seed=seed, split=split,
                                       shard_index=shard_index, shard_count=shard_count,
                                       heldout_fraction=float(data.heldout_fraction), expression_pairs=pairs,
-                                      expression_radius=int(data.get("expression_radius", 12)))
+                                      expression_radius=int(data.get("expression_radius", 12)),
+                                      mouth_margin=mouth)
 
     def describe(self):
         perceptual = "VGG19 pyramid" if self.use_vgg else (
