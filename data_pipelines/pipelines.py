@@ -177,7 +177,6 @@ class AnimatorSampler(_Sampler):
         return out
 
 
-
 @dataclasses.dataclass
 class MotionSampler(_Sampler):
     """(mel condition, pose residual to the first frame, gaze, first-frame pose and gaze)."""
