@@ -234,6 +234,28 @@ def test_max_batch_search_never_leaps_past_its_growth_cap():
     assert uncapped["max_batch"] == want and max(calls) > 50 * want  # the leap the cap prevents
 
 
+
+def test_max_batch_search_starts_where_told():
+    """``start`` is the first compile (rounded down to the unit); the answer does not depend on it,
+    and a start past the limit halves down to a fit first."""
+    from types import SimpleNamespace
+
+    from gohd_jax.aot import programs
+
+    peak = lambda b: 2.0 + 0.05 * b  # noqa: E731
+    spec = SimpleNamespace(name="train", unit=16, default_batch=64)
+    for start, first in ((256, 256), (263, 256), (4096, 4096)):
+        calls = []
+
+        def compile_at(b):
+            calls.append(b)
+            return {"batch": b, "fits": peak(b) <= 16.0, "peak_bytes_per_chip": peak(b), "hbm_bytes_per_chip": 16.0}
+
+        rec = programs.search_max_batch(spec, compile_at, max_per_unit=1 << 10, start=start)
+        assert calls[0] == first and 64 not in calls, calls
+        assert rec["max_batch"] == 272, (start, calls)  # 2 + 0.05 * 272 = 15.6; 288 needs 16.4
+
+
 # ----------------------------------------------------------------------------- clear errors
 
 def test_missing_extras_name_what_to_install(monkeypatch):

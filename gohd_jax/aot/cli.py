@@ -49,6 +49,8 @@ _PROGRAMS = flags.DEFINE_list("programs", None, "Programs to compile (default: a
 _MAX_BATCH = flags.DEFINE_bool("max-batch", False, "Search the largest batch that fits, per program.")
 _RESOLUTION = flags.DEFINE_float("max-batch-resolution", 0.0, "With --max-batch: stop when the largest fit and "
                                  "the smallest failure are within this fraction of the fit (0: one chip's unit).")
+_START = flags.DEFINE_integer("max-batch-start", None, "With --max-batch: the first batch to compile (default: "
+                              "the config's), e.g. 4x a batch known to fit in a quarter of the chip.")
 _RENDER_BATCH = flags.DEFINE_integer("render-batch", 64, "Frames per chip of the render program.")
 _CLIPS = flags.DEFINE_integer("clips", 1, "Clips per chip of encode, motion and expression programs.")
 _HLO_DIR = flags.DEFINE_string("hlo-dir", None, "Also write each compiled program's HLO text here.")
@@ -124,7 +126,7 @@ def _main(argv) -> None:
         if _MAX_BATCH.value:
             rec = programs.search_max_batch(spec, lambda b, _s=spec: _compile_at(_s, b, target, _HLO_DIR.value),
                                             max_per_unit=_MAX_PER_CHIP, resolution=_RESOLUTION.value,
-                                            progress=_progress)
+                                            start=_START.value, progress=_progress)
         else:
             if spec.default_batch % spec.unit:
                 _fail(f"{spec.name}: batch {spec.default_batch} does not divide over {spec.unit} chips; "
@@ -156,8 +158,8 @@ def _main(argv) -> None:
 def main(argv: list[str] | None = None) -> None:
     """The console script: ``argv`` default ``sys.argv``."""
     prog = (argv or sys.argv)[0]
-    for name in ("config", "topology", "gpu", "json", "programs", "max-batch", "max-batch-resolution", "render-batch",
-                 "clips", "hlo-dir"):
+    for name in ("config", "topology", "gpu", "json", "programs", "max-batch", "max-batch-resolution",
+                 "max-batch-start", "render-batch", "clips", "hlo-dir"):
         flags.FLAGS.register_key_flag_for_module(prog, flags.FLAGS[name])  # shown by --help
     app.run(_main, argv=argv)
 
