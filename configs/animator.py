@@ -60,8 +60,8 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     # PSNR 26.9 dB; without it the model stays close to a copy (BENCHMARKS.md). Weight 4 with the
     # expression pairs above: at weight 1 their mouth-motion correlation is 0.17, at 4 0.50.
     # mouth: L1 inside the pair's mouth box (from the clips' landmarks, grown by data.mouth_margin
-    # px). At weight 1 the demo's held-out mouth-motion correlation rose from 0.39/0.62/0.40 to
-    # 0.50/0.58/0.58 on three clips; 0.5, 2 and 4 scored lower (BENCHMARKS.md "make demo").
+    # px). At weight 1 the demo's held-out mouth-motion correlation rose from 0.38/0.69/0.42 to
+    # 0.56/0.66/0.59 on three whole 8 s clips; 0.5, 2 and 4 scored lower (BENCHMARKS.md "make demo").
     c.task.loss = ml_collections.ConfigDict({"l1": 1.0, "vgg": 1.0, "ms_ssim": 1.0, "gradient": 1.0,
                                              "gan": 0.5, "changed": 4.0, "mouth": 1.0})
     # 500 reconstruction steps learn to follow the target, then the GAN sharpens: held-out
