@@ -7,7 +7,10 @@ baselines, and renders side-by-side videos with ``gohd animate``'s engine (``lau
 
 SIGTERM or Ctrl-C stops it within seconds (``gohd_jax.stopping``): a training in progress saves a
 checkpoint, and rerunning the same command resumes (the dataset's finished shards and every
-finished training are kept).
+finished training are kept). JAX's persistent compilation cache is on, as for ``launch/train.py``
+and ``gohd animate`` (``gohd_jax/compile_cache.py``: ``$GOHD_COMPILE_CACHE``, else
+``~/.cache/gohd_jax/xla``; ``GOHD_COMPILE_CACHE=off`` turns it off), so a resumed or repeated
+demo loads its programs instead of compiling them again.
 
     python launch/demo.py --workdir=workdir/demo [--config=configs/synthetic.py:demo] [--config.clips=96]
 """
@@ -426,6 +429,10 @@ def main(argv) -> None:
     sys.stdout.reconfigure(line_buffering=True)  # progress shows in `make demo | tee log` too
     _show_training_progress()
     workdir = Path(_WORKDIR.value)
+    from gohd_jax import compile_cache
+
+    cache = compile_cache.enable()  # before the first compile
+    print(f"compilation cache: {cache or 'off'}", flush=True)
 
     def on_stop(stopped: Stopped) -> None:
         print(_stop_message(stopped, workdir), flush=True)

@@ -191,8 +191,10 @@ def test_demo_stops_cleanly_on_sigterm_and_resumes(tmp_path):
     ``timeout`` send) during the animator's training stops it within seconds, exit 143, no
     traceback, a line saying where the work is; the same command then resumes from the
     checkpoint and renders the four videos and the mouth-motion table."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    cmd = [sys.executable, "launch/demo.py", f"--workdir={tmp_path}", *DEMO_SMALL]
+    # The persistent compilation cache on, as a user has it (a folder of this test's own): the
+    # resumed run loads the first run's programs instead of compiling them again.
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "GOHD_COMPILE_CACHE": str(tmp_path / "xla_cache")}
+    cmd = [sys.executable, "launch/demo.py", f"--workdir={tmp_path / 'demo'}", *DEMO_SMALL]
     p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          start_new_session=True)
     seen = []
@@ -212,7 +214,7 @@ def test_demo_stops_cleanly_on_sigterm_and_resumes(tmp_path):
     assert dt < 15, dt
     assert "Traceback" not in err, err
     assert "Stopped by SIGTERM" in out and "during: the animator's training" in out and "resume" in out
-    assert list((tmp_path / "animator" / "checkpoints").iterdir()), "no preemption checkpoint"
+    assert list((tmp_path / "demo" / "animator" / "checkpoints").iterdir()), "no preemption checkpoint"
 
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -220,7 +222,7 @@ def test_demo_stops_cleanly_on_sigterm_and_resumes(tmp_path):
     assert "step 50/120" not in done.stdout  # the animator resumed after its first log line, not from 0
     assert "step 120/120" in done.stdout
     for name in ("heldout_synthetic", "driven_by_video", "emotion_transfer"):
-        assert (tmp_path / "videos" / f"{name}.mp4").stat().st_size > 1000
-        assert (tmp_path / "videos" / f"{name}.png").exists()
+        assert (tmp_path / "demo" / "videos" / f"{name}.mp4").stat().st_size > 1000
+        assert (tmp_path / "demo" / "videos" / f"{name}.png").exists()
     assert "mouth-motion correlation" in done.stdout and "hold_gaze0" in done.stdout
     assert "Done in" in done.stdout
