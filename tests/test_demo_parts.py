@@ -215,6 +215,8 @@ def test_demo_stops_cleanly_on_sigterm_and_resumes(tmp_path):
     assert "Traceback" not in err, err
     assert "Stopped by SIGTERM" in out and "during: the animator's training" in out and "resume" in out
     assert list((tmp_path / "demo" / "animator" / "checkpoints").iterdir()), "no preemption checkpoint"
+    cached = [f.name for f in (tmp_path / "xla_cache").iterdir()]
+    assert any(n.startswith("jit__step-") for n in cached), cached  # the train step the resume reuses
 
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
