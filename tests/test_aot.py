@@ -234,7 +234,6 @@ def test_max_batch_search_never_leaps_past_its_growth_cap():
     assert uncapped["max_batch"] == want and max(calls) > 50 * want  # the leap the cap prevents
 
 
-
 def test_max_batch_search_starts_where_told():
     """``start`` is the first compile (rounded down to the unit); the answer does not depend on it,
     and a start past the limit halves down to a fit first."""
